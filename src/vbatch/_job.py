@@ -1,0 +1,213 @@
+"""A job is a value: what to read, how to build requests, where to write. ``iter_results`` runs
+one through a dispatcher: validate -> prepare output -> stream pending rows -> write -> yield."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ._dispatcher import OVERFLOW_POLICIES, Dispatcher
+from ._errors import InputError, OutputError
+from ._models import RequestDefaults, Result
+from ._progress import NullProgress, Progress
+from ._records import format_batch_line, format_record
+from ._requests import FieldMap, RequestBuilder
+from ._resume import OutputState, file_digest, pending_mask, prepare_output
+from ._sink import JsonlSink
+from ._sources import open_source
+from ._stats import Stats
+from ._transport import TransportError
+from ._validate import InputSummary, validate_input
+
+__all__ = ["ORDERS", "Job", "RunSummary", "iter_results", "run_job"]
+
+ORDERS = ("completion", "input")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything that decides a job's output. Connection settings (URL, key, window) are the
+    dispatcher's, so one dispatcher can serve many jobs and a job can move between servers."""
+
+    input: str
+    output: str | None = None
+    defaults: RequestDefaults = field(default_factory=RequestDefaults)
+    fields: FieldMap = field(default_factory=FieldMap)
+    input_format: str = "auto"
+    endpoint: str = "auto"  # auto | completions | chat
+    order: str = "completion"  # completion | input
+    on_overflow: str = "error"  # error | clamp
+    overwrite: bool = False
+    retry_failed: bool = False
+    force: bool = False
+    include_response: bool = False
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, not {self.order!r}")
+        if self.on_overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}")
+
+    def fingerprint_parts(self, defaults: RequestDefaults, input_digest: str) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        return {
+            "input": input_digest,
+            "model": defaults.model,
+            "endpoint": self.endpoint,
+            "request_defaults": {**defaults.body_fields(), "system": defaults.system},
+            "fields": dataclasses.asdict(self.fields),
+            "include_response": self.include_response,
+        }
+
+
+@dataclass
+class RunSummary:
+    """The end of a run: counts for this run plus what the output held before it."""
+
+    output: str | None
+    stats: Stats
+    previous: OutputState
+    interrupted: bool = False
+
+    @property
+    def failed_total(self) -> int:
+        return self.stats.failed + self.previous.failed
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed_total else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.stats.summary(),
+            "output": self.output,
+            "resumed": self.previous.resumed,
+            "previous_ok": self.previous.ok,
+            "previous_failed": self.previous.failed,
+            "retried_failed": self.previous.dropped_failed,
+            "torn_bytes_dropped": self.previous.torn_bytes,
+            "interrupted": self.interrupted,
+        }
+
+
+async def _resolve_model(
+    job: Job, summary: InputSummary, dispatcher: Dispatcher
+) -> RequestDefaults:
+    """Without --model, use the server's model when it serves exactly one."""
+    defaults = job.defaults
+    if defaults.model or summary.rows_without_model == 0:
+        return defaults
+    try:
+        resp = await dispatcher.transport.request("GET", dispatcher.api_prefix + "/models")
+        names = [m["id"] for m in orjson.loads(resp.content)["data"]]
+    except (TransportError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(job.input, None, f"no --model given and the server's models could not "
+                         f"be listed ({exc}); pass --model") from None  # fmt: skip
+    if len(names) != 1:
+        raise InputError(job.input, None, f"no --model given and the server serves "
+                         f"{len(names)} models ({', '.join(names)}); pass --model")  # fmt: skip
+    return dataclasses.replace(defaults, model=names[0])
+
+
+async def iter_results(
+    job: Job,
+    dispatcher: Dispatcher,
+    stats: Stats | None = None,
+    on_ready: Callable[[Stats, OutputState], None] | None = None,
+) -> AsyncIterator[Result]:
+    """Run ``job`` and yield each result once it is safely handed to the output (if any).
+
+    Raises ``InputError``/``OutputError``/``ResumeError`` before the first request when the input
+    or output cannot be used.
+    """
+    stats = stats or Stats()
+    source = open_source(job.input, job.input_format)
+    builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
+                             require_model=False)  # fmt: skip
+    summary = validate_input(source, builder)
+    defaults = await _resolve_model(job, summary, dispatcher)
+    if job.output is not None:
+        if job.include_response and summary.batch_lines:
+            raise OutputError("--include-response does not apply to OpenAI Batch output")
+        parts = job.fingerprint_parts(defaults, file_digest(source.path))
+        previous = prepare_output(job.output, parts, overwrite=job.overwrite,
+                                  retry_failed=job.retry_failed, force=job.force)  # fmt: skip
+    else:
+        previous = OutputState()
+    pending = pending_mask(summary.digests, previous.done)
+    stats.total = summary.rows
+    stats.skipped = summary.rows - int(pending.sum())
+    if on_ready is not None:
+        on_ready(stats, previous)
+    builder = RequestBuilder(source.path, defaults, job.fields, job.endpoint)
+    requests = (builder.build(row) for row in source.rows(pending))
+    sink = JsonlSink(job.output) if job.output is not None else None
+    fmt = format_batch_line if summary.batch_lines else format_record
+    flusher = asyncio.create_task(_flush_periodically(sink)) if sink is not None else None
+    try:
+        async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
+                                              on_overflow=job.on_overflow):  # fmt: skip
+            if sink is not None:
+                sink.write(fmt(result) if fmt is format_batch_line
+                           else format_record(result, job.include_response))  # fmt: skip
+            yield result
+    finally:
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        if sink is not None:
+            sink.close()
+
+
+async def _flush_periodically(sink: JsonlSink | None, interval_s: float = 0.2) -> None:
+    # Results that trickle in slowly still reach the file within interval_s.
+    assert sink is not None
+    while True:
+        await asyncio.sleep(interval_s)
+        sink.flush()
+
+
+async def run_job(job: Job, dispatcher: Dispatcher, progress: Progress | None = None) -> RunSummary:
+    """Run ``job`` to the end, showing progress; Ctrl-C stops it cleanly (exit code 130)."""
+    progress = progress or NullProgress()
+    stats = Stats()
+    started = False
+    ticker: asyncio.Task[None] | None = None
+    previous = OutputState()
+
+    def ready(s: Stats, prev: OutputState) -> None:
+        nonlocal started, ticker, previous
+        previous = prev
+        progress.start(s)
+        started = True
+        ticker = asyncio.create_task(_tick(progress, s))
+
+    interrupted = False
+    try:
+        async for _ in iter_results(job, dispatcher, stats, on_ready=ready):
+            pass
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        stats.finished_at = time.monotonic()
+        if ticker is not None:
+            ticker.cancel()
+        if started:
+            progress.stop(stats)
+    return RunSummary(job.output, stats, previous, interrupted)
+
+
+async def _tick(progress: Progress, stats: Stats) -> None:
+    while True:
+        await asyncio.sleep(progress.interval_s)
+        progress.refresh(stats)

@@ -1,0 +1,97 @@
+"""Plain values that flow through the pipeline: request defaults, prepared requests, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ErrorInfo", "PreparedRequest", "RequestDefaults", "Result"]
+
+COMPLETIONS = "/completions"
+CHAT = "/chat/completions"
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    """Body fields every request gets unless its row overrides them.
+
+    ``None`` means "leave it to the server". ``extra_body`` is merged into the body untouched,
+    so any vLLM sampling or structured-output parameter can be set without vbatch knowing it.
+    """
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None
+    system: str | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def body_fields(self) -> dict[str, Any]:
+        """The defaults as request-body fields (``system`` is not one: it becomes a message)."""
+        body: dict[str, Any] = {}
+        for key in ("model", "max_tokens", "temperature", "top_p", "n", "seed"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        if self.stop is not None:
+            body["stop"] = list(self.stop)
+        body.update(self.extra_body)
+        return body
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    """One row, ready to send: which endpoint, which body, and where it came from."""
+
+    index: int  # 0-based position among the input's rows
+    id: str | int  # the row's id as given (an int stays an int in the output)
+    endpoint: str  # COMPLETIONS or CHAT, relative to the base URL
+    body: dict[str, Any]
+    # The OpenAI Batch line's own "url", echoed in nothing but kept to validate the endpoint.
+    batch_line: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """Why a row failed: a short machine-readable code, the message, and the HTTP status if any."""
+
+    code: str
+    message: str
+    status: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "status": self.status}
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome of one row: the server's parsed reply or an error, never both missing."""
+
+    index: int
+    id: str | int
+    endpoint: str
+    status: int | None  # HTTP status of the last attempt; None when no reply came
+    body: dict[str, Any] | None  # parsed reply (the error body on failure, when there was one)
+    error: ErrorInfo | None
+    attempts: int
+    latency_s: float
+    request_id: str | None = None
+    clamped_max_tokens: int | None = None
+    batch_line: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def completion_tokens(self) -> int:
+        usage = self.body.get("usage") if self.body and self.error is None else None
+        return int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        usage = self.body.get("usage") if self.body and self.error is None else None
+        return int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0

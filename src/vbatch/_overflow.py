@@ -1,0 +1,51 @@
+"""Recognise vLLM's "request does not fit the context" 400s and work out a max_tokens that fits.
+
+vLLM words these differently across versions, e.g.
+  "This model's maximum context length is 2048 tokens. However, you requested 4100 tokens
+   (100 in the messages, 4000 in the completion). ..."
+  "'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum context
+   length is 2048 tokens and your request has 100 input tokens (4000 > 2048 - 100)."
+  "This model's maximum context length is 2048 tokens. However, your request has 3000 input
+   tokens. Please reduce the length of the input messages."
+so each number is looked for on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Overflow", "parse_overflow"]
+
+_MAX_LEN = re.compile(r"maximum context length is (\d+)")
+_INPUT = re.compile(
+    r"(\d+) input tokens|\((\d+) in the messages|(\d+) tokens in the (?:messages|prompt)"
+)
+_TOO_LARGE = re.compile(
+    r"max_(?:completion_)?tokens'? (?:or '?max_completion_tokens'? )?is too large"
+)
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """What an overflow message told: the context size and the prompt's length, when stated."""
+
+    max_model_len: int | None
+    prompt_tokens: int | None
+
+    def fitting_max_tokens(self) -> int | None:
+        """The largest max_tokens that fits, or None if unknown or if the prompt alone overflows."""
+        if self.max_model_len is None or self.prompt_tokens is None:
+            return None
+        room = self.max_model_len - self.prompt_tokens
+        return room if room > 0 else None
+
+
+def parse_overflow(message: str) -> Overflow | None:
+    """An ``Overflow`` if ``message`` is a context-length error, else None."""
+    max_len = _MAX_LEN.search(message)
+    if max_len is None and _TOO_LARGE.search(message) is None:
+        return None
+    inp = _INPUT.search(message)
+    prompt_tokens = next((int(g) for g in inp.groups() if g), None) if inp else None
+    return Overflow(int(max_len.group(1)) if max_len else None, prompt_tokens)

@@ -1,0 +1,193 @@
+"""Output state across runs: the job fingerprint kept beside the output, and the scan that tells
+which ids an earlier run finished (dropping a torn last line left by a crash)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ._errors import OutputError, ResumeError
+from ._ids import DigestList
+from ._records import read_record_status
+
+__all__ = [
+    "OutputState",
+    "file_digest",
+    "fingerprint",
+    "pending_mask",
+    "prepare_output",
+    "state_path",
+]
+
+STATE_VERSION = 1
+
+
+def state_path(output: str) -> str:
+    return output + ".vbatch.json"
+
+
+def file_digest(path: str) -> str:
+    """Content identity of the input: a renamed or touched file still resumes, an edited one not."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def fingerprint(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+@dataclass
+class OutputState:
+    """What the output held when the run began."""
+
+    done: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # sorted digests
+    ok: int = 0
+    failed: int = 0  # error records kept (not being retried)
+    dropped_failed: int = 0  # error records removed for --retry-failed
+    torn_bytes: int = 0
+    resumed: bool = False
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vbatch-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_writable(output: str) -> None:
+    folder = os.path.dirname(os.path.abspath(output)) or "."
+    if os.path.isdir(output):
+        raise OutputError(f"{output}: is a directory")
+    if not os.path.isdir(folder):
+        raise OutputError(f"{output}: folder {folder} does not exist")
+    try:
+        with open(output, "ab"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot be written ({exc.strerror})") from None
+
+
+def _write_state(output: str, parts: dict[str, Any]) -> None:
+    state = {"version": STATE_VERSION, "fingerprint": fingerprint(parts), "job": parts}
+    _atomic_write(state_path(output), orjson.dumps(state, option=orjson.OPT_INDENT_2))
+
+
+def prepare_output(
+    output: str,
+    parts: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    force: bool = False,
+) -> OutputState:
+    """Make ``output`` ready to append to, and say what it already holds.
+
+    Re-running into an existing output resumes it when its recorded fingerprint matches this
+    job's; it refuses when the job changed (unless ``force``) or when the file was not written by
+    vbatch (unless ``overwrite``).
+    """
+    existed = os.path.exists(output) and os.path.getsize(output) > 0
+    _check_writable(output)
+    if overwrite or not existed:
+        with open(output, "wb"):
+            pass
+        _write_state(output, parts)
+        return OutputState()
+    try:
+        with open(state_path(output), "rb") as f:
+            recorded = orjson.loads(f.read())
+    except FileNotFoundError:
+        raise ResumeError(
+            f"{output} exists but has no {os.path.basename(state_path(output))} beside it, so it "
+            "was not written by vbatch; pass --overwrite to replace it or choose another output"
+        ) from None
+    except orjson.JSONDecodeError:
+        corrupt = f"{state_path(output)} is corrupt; pass --overwrite to start again"
+        raise ResumeError(corrupt) from None
+    if recorded.get("fingerprint") != fingerprint(parts):
+        if not force:
+            before = recorded.get("job", {})
+            changed = sorted(k for k in set(before) | set(parts) if before.get(k) != parts.get(k))
+            raise ResumeError(
+                f"{output} was written by a different job (changed: {', '.join(changed)}); "
+                "pass --force to resume it anyway, or --overwrite to start again"
+            )
+        _write_state(output, parts)
+    return _scan(output, retry_failed)
+
+
+def _scan(output: str, retry_failed: bool) -> OutputState:
+    state = OutputState(resumed=True)
+    done = DigestList()
+    failed_lines = 0
+    with open(output, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        good_end = 0
+        for line_no, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break  # torn tail: a crash mid-write
+            try:
+                record = orjson.loads(line)
+                row_id, ok = read_record_status(record)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise ResumeError(
+                    f"{output}:{line_no}: not a vbatch record; the output is damaged "
+                    "(pass --overwrite to start again)"
+                ) from None
+            good_end += len(line)
+            if ok:
+                state.ok += 1
+                done.append(row_id)
+            elif retry_failed:
+                failed_lines += 1
+            else:
+                state.failed += 1
+                done.append(row_id)
+        if good_end < size:
+            state.torn_bytes = size - good_end
+            f.truncate(good_end)
+    if failed_lines:
+        _drop_failed(output)
+        state.dropped_failed = failed_lines
+    state.done = np.sort(done.to_numpy())
+    return state
+
+
+def _drop_failed(output: str) -> None:
+    """Rewrite the output without its error records, atomically (they are about to be redone)."""
+    folder = os.path.dirname(os.path.abspath(output))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vbatch-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as dst, open(output, "rb") as src:
+            for line in src:
+                if read_record_status(orjson.loads(line))[1]:
+                    dst.write(line)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def pending_mask(input_digests: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """True for each input row (by index) that still has to be sent."""
+    if done.size == 0:
+        return np.ones(input_digests.size, dtype=bool)
+    return ~np.isin(input_digests, done)
