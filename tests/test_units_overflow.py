@@ -39,3 +39,25 @@ def test_prompt_alone_too_long_cannot_be_clamped() -> None:
 def test_other_400s_are_not_overflow() -> None:
     assert parse_overflow("temperature must be non-negative, got -1.0.") is None
     assert parse_overflow("The model `nope` does not exist.") is None
+
+
+def test_vllm_032_prompt_alone_too_long() -> None:
+    msg = (
+        "This model's maximum context length is 2048 tokens. However, your prompt contains at "
+        "least 2049 input tokens, which exceeds this limit even without any output tokens. "
+        "Please reduce the length of the input prompt. (parameter=input_tokens, value=2049)"
+    )
+    overflow = parse_overflow(msg)
+    assert overflow is not None
+    assert (overflow.max_model_len, overflow.prompt_tokens) == (2048, 2049)
+    assert overflow.fitting_max_tokens() is None
+
+
+def test_vllm_032_max_tokens_above_max_model_len() -> None:
+    msg = (
+        "max_tokens=4000 cannot be greater than max_model_len=2048. Please request fewer "
+        "output tokens. (parameter=max_tokens, value=4000)"
+    )
+    overflow = parse_overflow(msg)
+    assert overflow is not None
+    assert (overflow.max_model_len, overflow.prompt_tokens) == (2048, None)

@@ -107,7 +107,9 @@ class Dispatcher:
         self.api_prefix = api_prefix
         self._queue: asyncio.Queue[_Work | None] | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._max_model_len: int | None = None
+        # The server's context size, when known (from /v1/models); lets a reply that the server
+        # shortened to fit be marked as clamped.
+        self.max_model_len: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -238,6 +240,8 @@ class Dispatcher:
                     except orjson.JSONDecodeError:
                         parsed = None
                     if isinstance(parsed, dict) and isinstance(parsed.get("choices"), list):
+                        if clamped is None and self.max_model_len is not None:
+                            clamped = _shortened_by_server(body, parsed, self.max_model_len)
                         return Result(
                             request.index, request.id, request.endpoint, 200, parsed, None,
                             attempt, clock() - start, parsed.get("id"), clamped,
@@ -296,12 +300,12 @@ class Dispatcher:
         return max_len - prompt_tokens
 
     async def _server_max_model_len(self) -> int | None:
-        if self._max_model_len is None:
+        if self.max_model_len is None:
             with contextlib.suppress(TransportError, orjson.JSONDecodeError, KeyError, TypeError):
                 resp = await self.transport.request("GET", self.api_prefix + "/models")
                 models = orjson.loads(resp.content)["data"]
-                self._max_model_len = int(models[0]["max_model_len"])
-        return self._max_model_len
+                self.max_model_len = int(models[0]["max_model_len"])
+        return self.max_model_len
 
     async def _count_prompt_tokens(self, request: PreparedRequest) -> int | None:
         body = request.body
@@ -312,6 +316,18 @@ class Dispatcher:
             if resp.status == 200:
                 return int(orjson.loads(resp.content)["count"])
         return None
+
+
+def _shortened_by_server(
+    body: dict[str, Any], reply: dict[str, Any], max_model_len: int
+) -> int | None:
+    """The max_tokens the server really applied, when it cut the request's to fit the context."""
+    wanted = body.get("max_tokens") or body.get("max_completion_tokens")
+    usage = reply.get("usage")
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if isinstance(wanted, int) and isinstance(prompt, int) and prompt + wanted > max_model_len:
+        return max_model_len - prompt
+    return None
 
 
 def _error_from_response(response: Response) -> tuple[ErrorInfo, dict[str, Any] | None]:

@@ -102,16 +102,26 @@ class RunSummary:
 async def _resolve_model(
     job: Job, summary: InputSummary, dispatcher: Dispatcher
 ) -> RequestDefaults:
-    """Without --model, use the server's model when it serves exactly one."""
+    """Ask the server what it serves (for max_model_len); without --model, use its model when
+    it serves exactly one."""
     defaults = job.defaults
-    if defaults.model or summary.rows_without_model == 0:
-        return defaults
+    names: list[str] = []
+    problem = ""
     try:
         resp = await dispatcher.transport.request("GET", dispatcher.api_prefix + "/models")
-        names = [m["id"] for m in orjson.loads(resp.content)["data"]]
-    except (TransportError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        models = orjson.loads(resp.content)["data"]
+        names = [m["id"] for m in models]
+        wanted = defaults.model or (names[0] if len(names) == 1 else None)
+        for m in models:
+            if m["id"] == wanted and isinstance(m.get("max_model_len"), int):
+                dispatcher.max_model_len = m["max_model_len"]
+    except (TransportError, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+        problem = str(exc) or type(exc).__name__
+    if defaults.model or summary.rows_without_model == 0:
+        return defaults
+    if problem:
         raise InputError(job.input, None, f"no --model given and the server's models could not "
-                         f"be listed ({exc}); pass --model") from None  # fmt: skip
+                         f"be listed ({problem}); pass --model")  # fmt: skip
     if len(names) != 1:
         raise InputError(job.input, None, f"no --model given and the server serves "
                          f"{len(names)} models ({', '.join(names)}); pass --model")  # fmt: skip

@@ -1,13 +1,18 @@
 """Recognise vLLM's "request does not fit the context" 400s and work out a max_tokens that fits.
 
-vLLM words these differently across versions, e.g.
+vLLM words these differently across versions, e.g. (0.32, checked against the real server)
+  "This model's maximum context length is 2048 tokens. However, your prompt contains at least
+   2049 input tokens, which exceeds this limit even without any output tokens. ..."
+  "max_tokens=4000 cannot be greater than max_model_len=2048. Please request fewer output
+   tokens. (parameter=max_tokens, value=4000)"
+and in older versions
   "This model's maximum context length is 2048 tokens. However, you requested 4100 tokens
    (100 in the messages, 4000 in the completion). ..."
   "'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum context
    length is 2048 tokens and your request has 100 input tokens (4000 > 2048 - 100)."
-  "This model's maximum context length is 2048 tokens. However, your request has 3000 input
-   tokens. Please reduce the length of the input messages."
-so each number is looked for on its own.
+so each number is looked for on its own. (vLLM 0.32 no longer rejects prompt + max_tokens >
+max_model_len when each fits alone: it shortens the output itself; the dispatcher notices that
+from the usage and marks the row as clamped.)
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from dataclasses import dataclass
 
 __all__ = ["Overflow", "parse_overflow"]
 
-_MAX_LEN = re.compile(r"maximum context length is (\d+)")
+_MAX_LEN = re.compile(r"maximum context length is (\d+)|max_model_len=(\d+)")
 _INPUT = re.compile(
     r"(\d+) input tokens|\((\d+) in the messages|(\d+) tokens in the (?:messages|prompt)"
 )
 _TOO_LARGE = re.compile(
     r"max_(?:completion_)?tokens'? (?:or '?max_completion_tokens'? )?is too large"
+    r"|cannot be greater than max_model_len"
 )
 
 
@@ -48,4 +54,5 @@ def parse_overflow(message: str) -> Overflow | None:
         return None
     inp = _INPUT.search(message)
     prompt_tokens = next((int(g) for g in inp.groups() if g), None) if inp else None
-    return Overflow(int(max_len.group(1)) if max_len else None, prompt_tokens)
+    max_model_len = next((int(g) for g in max_len.groups() if g), None) if max_len else None
+    return Overflow(max_model_len, prompt_tokens)
