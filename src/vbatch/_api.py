@@ -89,19 +89,21 @@ async def arun(
     base_url: str | None = None,
     dispatcher: Dispatcher | None = None,
     progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
     api_key: str | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout_s: float = 600.0,
     max_attempts: int = 5,
     **options: Any,
 ) -> RunSummary:
-    """Run a whole job and return its summary. A ``dispatcher`` passed in is left open."""
+    """Run a whole job and return its summary. A ``dispatcher`` passed in is left open;
+    setting ``stop`` ends the run early and cleanly (``summary.interrupted``)."""
     job = make_job(input, output, **options)
     own = dispatcher is None
     disp = _dispatcher_for(base_url, dispatcher, api_key=api_key, concurrency=concurrency,
                            timeout_s=timeout_s, max_attempts=max_attempts)  # fmt: skip
     try:
-        return await run_job(job, disp, progress)
+        return await run_job(job, disp, progress, stop)
     finally:
         if own:
             await disp.aclose()

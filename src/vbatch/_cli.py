@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -18,6 +21,8 @@ from ._requests import ENDPOINT_MODES
 from ._sources import FORMATS
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 class UserError(click.ClickException):
@@ -228,6 +233,8 @@ def run_command(
     """
     if not base_url:
         raise UserError("no server: pass --base-url (or set VBATCH_BASE_URL)")
+    if metrics_json:
+        _check_writable(metrics_json)
     options = {k: v for k, v in options.items() if v is not None}
     if stop:
         options["stop"] = stop
@@ -236,9 +243,12 @@ def run_command(
     progress = choose_progress(quiet)
     try:
         summary: RunSummary = run_sync(
-            arun(input_path, output, base_url=base_url, api_key=api_key,
-                 concurrency=concurrency, timeout_s=timeout_s, max_attempts=max_attempts,
-                 progress=progress, extra_body=extra_body, **options)
+            _until_interrupted(
+                lambda stop: arun(input_path, output, base_url=base_url, api_key=api_key,
+                                  concurrency=concurrency, timeout_s=timeout_s,
+                                  max_attempts=max_attempts, progress=progress, stop=stop,
+                                  extra_body=extra_body, **options)
+            )
         )  # fmt: skip
     except VbatchError as exc:
         raise UserError(str(exc)) from None
@@ -248,11 +258,44 @@ def run_command(
         click.echo("vbatch: interrupted", err=True)
         sys.exit(130)
     if metrics_json:
-        with open(metrics_json, "wb") as f:
-            f.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+        try:
+            with open(metrics_json, "wb") as f:
+                f.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            click.echo(f"vbatch: error: cannot write {metrics_json}: {exc.strerror}", err=True)
     if not quiet:
         _print_summary(summary)
     sys.exit(summary.exit_code)
+
+
+def _check_writable(path: str) -> None:
+    """Refuse an unwritable side file before anything is sent, not after the whole run."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UserError(f"{path}: cannot be written")
+
+
+async def _until_interrupted(start: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``start(stop)`` with Ctrl-C (and SIGTERM) setting ``stop`` for a clean finish; a
+    second Ctrl-C quits at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)
+        click.echo("vbatch: stopping (Ctrl-C again to quit at once)...", err=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await start(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _print_summary(summary: RunSummary) -> None:

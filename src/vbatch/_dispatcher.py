@@ -226,6 +226,7 @@ class Dispatcher:
         while True:
             attempt += 1
             retry_after: float | None = None
+            error_body: dict[str, Any] | None = None  # the server's error reply, if any
             if stats is not None:
                 stats.in_flight += 1
             try:
@@ -254,7 +255,7 @@ class Dispatcher:
                     )
                     retryable = True
                 else:
-                    error, parsed_error = _error_from_response(response)
+                    error, error_body = _error_from_response(response)
                     overflow = parse_overflow(error.message) if response.status == 400 else None
                     if overflow is not None:
                         error = ErrorInfo("context_length_exceeded", error.message, 400)
@@ -268,21 +269,14 @@ class Dispatcher:
                                 continue
                     retryable = policy.is_retryable_status(response.status)
                     retry_after = parse_retry_after(response.headers)
-                    if not retryable:
-                        return Result(
-                            request.index, request.id, request.endpoint, response.status,
-                            parsed_error, error, attempt, clock() - start, None, clamped,
-                            request.batch_line,
-                        )  # fmt: skip
             finally:
                 if stats is not None:
                     stats.in_flight -= 1
             delay = policy.next_delay(attempt, clock() - start, retry_after) if retryable else None
             if delay is None:
-                status = error.status
                 return Result(
-                    request.index, request.id, request.endpoint, status, None, error, attempt,
-                    clock() - start, None, clamped, request.batch_line,
+                    request.index, request.id, request.endpoint, error.status, error_body, error,
+                    attempt, clock() - start, None, clamped, request.batch_line,
                 )  # fmt: skip
             if stats is not None:
                 stats.retries += 1

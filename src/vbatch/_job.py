@@ -187,8 +187,18 @@ async def _flush_periodically(sink: JsonlSink | None, interval_s: float = 0.2) -
         sink.flush()
 
 
-async def run_job(job: Job, dispatcher: Dispatcher, progress: Progress | None = None) -> RunSummary:
-    """Run ``job`` to the end, showing progress; Ctrl-C stops it cleanly (exit code 130)."""
+async def run_job(
+    job: Job,
+    dispatcher: Dispatcher,
+    progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunSummary:
+    """Run ``job`` to the end, showing progress.
+
+    Setting ``stop`` (the CLI does on Ctrl-C) ends the run cleanly: results already received are
+    written, in-flight ones dropped, and the summary says ``interrupted``. Cancelling the task
+    instead propagates as usual, after the same clean-up.
+    """
     progress = progress or NullProgress()
     stats = Stats()
     started = False
@@ -202,13 +212,33 @@ async def run_job(job: Job, dispatcher: Dispatcher, progress: Progress | None = 
         started = True
         ticker = asyncio.create_task(_tick(progress, s))
 
-    interrupted = False
-    try:
+    async def consume() -> None:
         async for _ in iter_results(job, dispatcher, stats, on_ready=ready):
             pass
-    except asyncio.CancelledError:
-        interrupted = True
+
+    interrupted = False
+    runner = asyncio.ensure_future(consume())
+    try:
+        if stop is None:
+            await runner
+        else:
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+            if not runner.done():
+                interrupted = True
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            else:
+                runner.result()
     finally:
+        if not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
         stats.finished_at = time.monotonic()
         if ticker is not None:
             ticker.cancel()

@@ -57,18 +57,14 @@ def format_batch_line(result: Result) -> bytes:
     """An OpenAI Batch output line, as the Batch API and vLLM's run_batch write them.
 
     A reply from the server (success or HTTP error) goes under ``response`` with its status and
-    body; ``error`` is set only when no reply came (connection lost, timeout)."""
-    response: dict[str, Any] | None
+    body; ``error`` ({code, message}) is set whenever the row failed, as vLLM's run_batch does,
+    and is the only account of it when no reply came (connection lost, timeout)."""
+    response: dict[str, Any] | None = None
     if result.status is not None and result.body is not None:
         response = {"status_code": result.status, "request_id": result.request_id,
                     "body": result.body}  # fmt: skip
-        error = None if result.error is None else {"code": result.error.code,
-                                                   "message": result.error.message}  # fmt: skip
-        if result.status == 200:
-            error = None
-    else:
-        response = None
-        assert result.error is not None
+    error = None
+    if result.error is not None:
         error = {"code": result.error.code, "message": result.error.message}
     line = {
         "id": f"vbatch-{os.urandom(12).hex()}",

@@ -1,0 +1,195 @@
+"""Size a vLLM server for one job: which model, which engine settings, what window.
+
+``--max-model-len`` comes from the data: the longest prompt in tokens plus the largest
+``max_tokens`` any row asks for, capped by the model's ``max_position_embeddings``. Prompts are
+counted with the model's own tokenizer (``tokenizer.json``), but only those whose UTF-8 length
+could beat the longest found so far (a byte-level BPE token is at least one byte), so a million
+short rows cost one cheap pass. Chat rows add a bound for the chat template's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._embedded import EMBEDDED_MODEL_NAME, ensure_embedded_model
+from ._job import Job
+from ._launcher import ServerSpec, cpu_has_bf16, detect_backend
+from ._models import CHAT
+from ._requests import RequestBuilder
+from ._sources import open_source
+
+__all__ = ["LaunchPlan", "measure_input", "plan_launch"]
+
+# Chat template tokens around the messages: role markers, a default system prompt (SmolLM2's
+# is ~20 tokens), the generation prompt. A bound, not a count.
+CHAT_OVERHEAD_TOKENS = 64
+CHAT_TOKENS_PER_MESSAGE = 8
+# vLLM's own max_num_seqs defaults, used to pick the window when we don't set it ourselves.
+CPU_MAX_NUM_SEQS = 64
+GPU_MAX_NUM_SEQS = 1024
+CPU_KVCACHE_GIB = "2"
+
+
+@dataclass
+class InputMeasure:
+    rows: int = 0
+    max_prompt_tokens: int = 0
+    max_needed_tokens: int = 0  # prompt + max_tokens, over rows (0: some row has no max_tokens)
+    unbounded_rows: int = 0  # rows with no max_tokens at all
+
+
+@dataclass
+class LaunchPlan:
+    spec: ServerSpec
+    served_model: str
+    concurrency: int
+    measure: InputMeasure
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_tokenizer(model_dir: Path | None) -> Callable[[str], int] | None:
+    if model_dir is None or not (model_dir / "tokenizer.json").exists():
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return lambda text: len(tok.encode(text, add_special_tokens=True).ids)
+
+
+def _text_of(body: dict[str, Any], chat: bool) -> tuple[str | list[int], int]:
+    """(text to count, fixed overhead tokens) of one request body."""
+    if not chat:
+        return body["prompt"], 0
+    messages = body["messages"]
+    parts = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: count the text ones
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        parts.append(str(content or ""))
+    overhead = CHAT_OVERHEAD_TOKENS + CHAT_TOKENS_PER_MESSAGE * len(messages)
+    return "\n".join(parts), overhead
+
+
+def measure_input(job: Job, model_dir: Path | None, default_max_tokens: int | None) -> InputMeasure:
+    """One streaming pass: the longest prompt in tokens and the most any row needs in total."""
+    count = _load_tokenizer(model_dir)
+    source = open_source(job.input, job.input_format)
+    builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
+                             require_model=False)  # fmt: skip
+    m = InputMeasure()
+    for row in source.rows():
+        request = builder.build(row)
+        body = request.body
+        m.rows += 1
+        text, overhead = _text_of(body, request.endpoint == CHAT)
+        wanted = body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens
+        if isinstance(text, list):
+            tokens = len(text) + overhead
+        else:
+            bound = len(text.encode("utf-8")) + overhead + 2
+            # Cheap skip: even at one token per byte this row can't beat what we have.
+            if bound <= m.max_prompt_tokens and (
+                not isinstance(wanted, int) or bound + wanted <= m.max_needed_tokens
+            ):
+                continue
+            tokens = (count(text) + overhead) if count else bound
+        m.max_prompt_tokens = max(m.max_prompt_tokens, tokens)
+        if isinstance(wanted, int):
+            m.max_needed_tokens = max(m.max_needed_tokens, tokens + wanted)
+        else:
+            m.unbounded_rows += 1
+    return m
+
+
+def _model_config(model_dir: Path | None) -> dict[str, Any]:
+    if model_dir is None or not (model_dir / "config.json").exists():
+        return {}
+    with open(model_dir / "config.json") as f:
+        config: dict[str, Any] = json.load(f)
+    return config
+
+
+def _round_up(n: int, step: int = 64) -> int:
+    return -(-n // step) * step
+
+
+def plan_launch(
+    job: Job,
+    model: str | None = None,
+    *,
+    max_model_len: int | None = None,
+    concurrency: int | None = None,
+    max_num_seqs: int | None = None,
+    tensor_parallel_size: int | None = None,
+    data_parallel_size: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    dtype: str | None = None,
+    vllm_args: tuple[str, ...] = (),
+    host: str = "127.0.0.1",
+    port: int = 0,
+    startup_timeout_s: float = 900.0,
+    backend: str | None = None,
+) -> LaunchPlan:
+    """Decide how to start vLLM for ``job``; converts the embedded model on first use."""
+    backend = backend or detect_backend()
+    notes: list[str] = []
+    if model is None:
+        model_dir: Path | None = ensure_embedded_model()
+        model_arg, served = str(model_dir), EMBEDDED_MODEL_NAME
+    else:
+        model_dir = Path(model) if Path(model).is_dir() else None
+        model_arg, served = model, job.defaults.model or model
+    config = _model_config(model_dir)
+    cap = config.get("max_position_embeddings")
+    measure = measure_input(job, model_dir, job.defaults.max_tokens)
+    if max_model_len is None and measure.rows:
+        if measure.unbounded_rows or not measure.max_needed_tokens:
+            # A row without max_tokens may generate up to the whole context: leave it to vLLM.
+            notes.append("some rows set no max_tokens: max_model_len left to the model's maximum")
+        else:
+            max_model_len = _round_up(measure.max_needed_tokens)
+            if isinstance(cap, int) and max_model_len > cap:
+                notes.append(f"longest row needs {measure.max_needed_tokens} tokens; capped at "
+                              f"the model's {cap} (rows beyond follow --on-overflow)")  # fmt: skip
+                max_model_len = cap
+    env: dict[str, str] = {}
+    enforce_eager = False
+    if backend == "cpu":
+        # On CPU: no CUDA graphs to capture (start-up drops from minutes to under a minute),
+        # float32 unless the CPU has native bf16, and a KV cache that fits in RAM.
+        enforce_eager = True
+        dtype = dtype or ("bfloat16" if cpu_has_bf16() else "float32")
+        env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
+        seqs = max_num_seqs or CPU_MAX_NUM_SEQS
+    else:
+        gpu_memory_utilization = gpu_memory_utilization or 0.9
+        seqs = max_num_seqs or GPU_MAX_NUM_SEQS
+    import os
+
+    if "VLLM_CPU_KVCACHE_SPACE" in os.environ:
+        env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the user's choice wins
+    spec = ServerSpec(
+        model=model_arg,
+        backend=backend,
+        served_model_name=served if served != model_arg else None,
+        host=host,
+        port=port,
+        max_model_len=max_model_len,
+        dtype=dtype,
+        max_num_seqs=max_num_seqs or (seqs if backend == "cpu" else None),
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enforce_eager=enforce_eager,
+        extra_args=vllm_args,
+        env=env,
+        startup_timeout_s=startup_timeout_s,
+    )
+    return LaunchPlan(spec, served, concurrency or 2 * seqs, measure, notes)

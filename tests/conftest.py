@@ -1,0 +1,72 @@
+"""Shared fixtures: a clean environment, the fake vLLM server (in-process or as a subprocess)
+and a retry policy that records its delays instead of sleeping them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakeserver import FakeServer
+from helpers import FAKESERVER, FastRetry, ServerProcess
+
+
+@pytest.fixture(autouse=True)
+def _isolate_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's keys, servers or proxies; subprocesses inherit this too."""
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "VBATCH_")) or name.lower() in (
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    """A fake vLLM server on 127.0.0.1 in a background thread (usable from the test's loop and
+    from subprocesses alike). Tests tweak its attributes and read its counters."""
+    srv = FakeServer()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def server_process() -> Iterator[ServerProcess]:
+    """The fake server in its own process (latency 5-20 ms), so a SIGKILLed client can't take
+    it down and the server's event loop doesn't share the test's CPU time slice."""
+    proc = subprocess.Popen(
+        [sys.executable, FAKESERVER, "--port", "0", "--latency", "0.005,0.02"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("LISTENING "), f"fake server did not start: {line!r}"
+        yield ServerProcess(proc, line.split()[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def fast_retry() -> FastRetry:
+    return FastRetry()

@@ -1,0 +1,604 @@
+"""A fake vLLM OpenAI-compatible server for vbatch's tests.
+
+It answers the routes vbatch uses the way vLLM does (same reply and error shapes), makes its text a
+deterministic function of the prompt so tests can tell which row got which answer, and can be told
+to misbehave: latency, scripted per-row replies, dropped connections, malformed bodies, a failure
+every k-th request. It counts what it receives and the peak number of generation requests in flight.
+
+In-process::
+
+    with FakeServer(latency=(0.0, 0.002)) as server:   # own thread and event loop
+        server.base_url                                 # http://127.0.0.1:PORT/v1
+        server.script("row-7", [503, 503, 200])
+
+As a subprocess (the kill tests)::
+
+    python tests/fakeserver.py --port 0 --latency 0.005,0.02
+    # prints "LISTENING http://127.0.0.1:PORT" on stdout once it accepts connections
+
+Knobs are plain attributes (in-process) or fields of ``POST /_control`` (both); counters are
+attributes and ``GET /_stats``.
+
+A row is identified, for scripting, by the body's ``request_id`` or ``user`` field when present,
+else by the first whitespace-separated word of its prompt (of the last message for chat). Script
+steps: an int status (200 = answer normally), ``(status, headers)``, ``(status, headers, body)``,
+``(status, headers, body_or_None, latency_s)``, ``"drop"`` (close the connection without
+answering) or ``"malformed"`` (HTTP 200, truncated JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http
+import json
+import random
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "MODEL",
+    "FakeServer",
+    "completion_text",
+    "error_body",
+    "error_type",
+    "overflow_message",
+    "prompt_word_count",
+]
+
+MODEL = "smol"
+DEFAULT_MAX_MODEL_LEN = 2048
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+ECHO_WORDS = 6  # how many words of the prompt the reply echoes
+
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "UnauthorizedError",
+    404: "NotFoundError",
+    408: "RequestTimeoutError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    503: "ServiceUnavailableError",
+}
+
+
+# -- shapes ------------------------------------------------------------------------------------
+
+
+def error_type(status: int) -> str:
+    """The ``type`` vLLM puts in an error body for ``status``."""
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    try:
+        return http.HTTPStatus(status).phrase.replace(" ", "").replace("-", "") + "Error"
+    except ValueError:
+        return "Error"
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """vLLM's error body. The ONE place that decides its shape (current vLLM, OpenAI style)."""
+    return {
+        "error": {"message": message, "type": error_type(status), "param": param, "code": status}
+    }
+
+
+def overflow_message(prompt_tokens: int, max_tokens: int | None, max_len: int) -> str | None:
+    """vLLM's context-length 400 message, or None when the request fits."""
+    if prompt_tokens >= max_len:
+        return (
+            f"This model's maximum context length is {max_len} tokens. However, your request "
+            f"has {prompt_tokens} input tokens. Please reduce the length of the input messages."
+        )
+    if max_tokens is not None and prompt_tokens + max_tokens > max_len:
+        return (
+            f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
+            f"maximum context length is {max_len} tokens and your request has {prompt_tokens} "
+            f"input tokens ({max_tokens} > {max_len} - {prompt_tokens})."
+        )
+    return None
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """The text a request is about: its prompt, or the content of its last message."""
+    if "messages" in body:
+        messages = body.get("messages") or [{}]
+        content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+        if isinstance(content, list):  # content parts
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return str(content or "")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        return " ".join(str(t) for t in prompt)
+    return str(prompt or "")
+
+
+def prompt_word_count(body: dict[str, Any]) -> int:
+    """The fake tokenizer: a token is a whitespace-separated word (of every message for chat)."""
+    if "messages" in body:
+        total = 0
+        for message in body.get("messages") or ():
+            content = message.get("content") if isinstance(message, dict) else None
+            total += len(str(content or "").split())
+        return total
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        return len(prompt)
+    return len(str(prompt or "").split())
+
+
+def completion_text(prompt: str, index: int = 0, n: int = 1) -> str:
+    """The reply to ``prompt``: "echo: " + its first words (+ " #i" for choice i when n > 1)."""
+    text = "echo: " + " ".join(prompt.split()[:ECHO_WORDS])
+    return f"{text} #{index}" if n > 1 else text
+
+
+def request_key(body: dict[str, Any]) -> str | None:
+    """Which row a request belongs to, for scripts: ``request_id``/``user``, else first word."""
+    for name in ("request_id", "user"):
+        value = body.get(name)
+        if isinstance(value, str) and value:
+            return value
+    words = _prompt_text(body).split()
+    return words[0] if words else None
+
+
+@dataclass
+class Step:
+    """One scripted answer: reply (status, headers, optional body, optional own latency), drop
+    the connection, or send a malformed 200."""
+
+    kind: str  # reply | drop | malformed
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    delay: float | None = None
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+class FakeServer:
+    """The fake server's state, knobs and counters; ``start()`` runs it in a background thread."""
+
+    def __init__(
+        self,
+        *,
+        latency: float | tuple[float, float] = 0.0,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+        model: str = MODEL,
+        seed: int = 0,
+        max_num_seqs: int = 256,
+    ) -> None:
+        self.latency: float | tuple[float, float] = latency
+        self.max_model_len = max_model_len
+        self.model = model
+        self.max_num_seqs = max_num_seqs  # for /metrics: running vs waiting
+        self.scripts: dict[str, deque[Step]] = {}
+        self.drop_next = 0  # close the connection without answering, this many times
+        self.malformed_next = 0  # HTTP 200 with a truncated JSON body, this many times
+        self.fail_every = 0  # when > 0, every k-th generation request fails with fail_status
+        self.fail_status = 503
+        self.rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.reset_counters()
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # -- knobs ---------------------------------------------------------------------------------
+
+    def script(self, key: str, steps: list[Any]) -> None:
+        """Answer the next requests of row ``key`` with ``steps``, then normally."""
+        with self._lock:
+            self.scripts[key] = deque(_normalize_step(s) for s in steps)
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.total_requests = 0
+            self.path_counts: Counter[str] = Counter()
+            self.generation_requests = 0
+            self.in_flight = 0
+            self.peak_in_flight = 0
+            self.attempts: Counter[str] = Counter()  # generation requests per row key
+            self.bodies: list[dict[str, Any]] = []  # generation request bodies, in arrival order
+            self.auth_headers: set[str] = set()
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Apply ``POST /_control`` settings (also usable in-process)."""
+        if settings.get("reset"):
+            self.reset_counters()
+        if "latency" in settings:
+            value = settings["latency"]
+            if isinstance(value, list):
+                self.latency = (float(value[0]), float(value[1]))
+            else:
+                self.latency = float(value)
+        for name in ("max_model_len", "drop_next", "malformed_next", "fail_every", "fail_status"):
+            if name in settings:
+                setattr(self, name, int(settings[name]))
+        for key, steps in (settings.get("scripts") or {}).items():
+            self.script(key, steps)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "total_requests": self.total_requests,
+            "path_counts": dict(self.path_counts),
+            "generation_requests": self.generation_requests,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "attempts": dict(self.attempts),
+        }
+
+    # -- app -----------------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._count_middleware], client_max_size=64 << 20)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/chat/completions", self._generate)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/_stats", self._stats)
+        app.router.add_post("/_control", self._control)
+        return app
+
+    @web.middleware
+    async def _count_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/_"):
+            with self._lock:
+                self.total_requests += 1
+                self.path_counts[request.path] += 1
+                auth = request.headers.get("Authorization")
+                if auth:
+                    self.auth_headers.add(auth)
+        return await handler(request)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        created = int(time.time())
+        card = {
+            "id": self.model,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": self.model,
+            "parent": None,
+            "max_model_len": self.max_model_len,
+            "permission": [],
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await _read_json(request)
+        if body is None:
+            return _error(400, "invalid JSON body")
+        count = prompt_word_count(body)
+        return web.json_response(
+            {"count": count, "max_model_len": self.max_model_len, "tokens": list(range(count))}
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        running = min(self.in_flight, self.max_num_seqs)
+        waiting = self.in_flight - running
+        labels = f'{{engine="0",model_name="{self.model}"}}'
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{labels} {float(running)}\n"
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{labels} {float(waiting)}\n"
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _control(self, request: web.Request) -> web.Response:
+        settings = await _read_json(request)
+        if settings is None:
+            return _error(400, "invalid JSON body")
+        self.configure(settings)
+        return web.json_response(self.stats())
+
+    def _next_action(self, key: str | None) -> Step:
+        """What to do with this generation request (called once per request, under the lock)."""
+        if key is not None and key in self.scripts:
+            steps = self.scripts[key]
+            step = steps.popleft()
+            if not steps:
+                del self.scripts[key]
+            return step
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            return Step("drop")
+        if self.malformed_next > 0:
+            self.malformed_next -= 1
+            return Step("malformed")
+        if self.fail_every > 0 and self.generation_requests % self.fail_every == 0:
+            return Step("reply", self.fail_status)
+        return Step("reply")
+
+    def _delay(self) -> float:
+        latency = self.latency
+        if isinstance(latency, tuple):
+            return self.rng.uniform(*latency)
+        return float(latency)
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        body = await _read_json(request)
+        with self._lock:
+            self.generation_requests += 1
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            key = request_key(body) if isinstance(body, dict) else None
+            if key is not None:
+                self.attempts[key] += 1
+            if isinstance(body, dict):
+                self.bodies.append(body)
+            action = self._next_action(key)
+        try:
+            delay = action.delay if action.delay is not None else self._delay()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if action.kind == "drop":
+                return await _drop(request)
+            if action.kind == "malformed":
+                return web.Response(
+                    status=200,
+                    body=b'{"id": "cmpl-x", "object": "text_completion", "choi',
+                    content_type="application/json",
+                )
+            if action.body is not None:
+                return web.json_response(action.body, status=action.status, headers=action.headers)
+            if action.status != 200:
+                message = f"scripted failure {action.status} for {key}"
+                return _error(action.status, message, headers=action.headers)
+            if not isinstance(body, dict):
+                return _error(400, "invalid JSON body")
+            return self._answer(request.path, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, path: str, body: dict[str, Any]) -> web.Response:
+        model = body.get("model")
+        if model is not None and model != self.model:
+            return _error(404, f"The model `{model}` does not exist.", param="model")
+        chat = path.endswith("/chat/completions")
+        if chat and not isinstance(body.get("messages"), list):
+            return _error(400, "messages: Field required")
+        if not chat and "prompt" not in body:
+            return _error(400, "prompt: Field required")
+        prompt_tokens = prompt_word_count(body)
+        max_tokens = body.get("max_tokens")
+        if chat and body.get("max_completion_tokens") is not None:
+            max_tokens = body["max_completion_tokens"]
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            return _error(400, f"max_tokens must be at least 1, got {max_tokens}.")
+        message = overflow_message(prompt_tokens, max_tokens, self.max_model_len)
+        if message is not None:
+            return _error(400, message)
+        n = body.get("n") or 1
+        if not isinstance(n, int) or n < 1:
+            return _error(400, f"n must be at least 1, got {n}.")
+        room = self.max_model_len - prompt_tokens
+        completion_tokens = min(max_tokens if max_tokens is not None else 16, room)
+        prompt = _prompt_text(body)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + n * completion_tokens,
+            "completion_tokens": n * completion_tokens,
+            "prompt_tokens_details": None,
+        }
+        created = int(time.time())
+        if chat:
+            choices: list[dict[str, Any]] = [
+                {
+                    "index": i,
+                    "message": {
+                        "role": "assistant",
+                        "content": completion_text(prompt, i, n),
+                        "refusal": None,
+                        "annotations": None,
+                        "audio": None,
+                        "function_call": None,
+                        "tool_calls": [],
+                        "reasoning_content": None,
+                    },
+                    "logprobs": None,
+                    "finish_reason": "length",
+                    "stop_reason": None,
+                }
+                for i in range(n)
+            ]
+            reply = {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": created,
+                "model": self.model,
+                "choices": choices,
+                "service_tier": None,
+                "system_fingerprint": None,
+                "usage": usage,
+                "prompt_logprobs": None,
+                "kv_transfer_params": None,
+            }
+        else:
+            choices = [
+                {
+                    "index": i,
+                    "text": completion_text(prompt, i, n),
+                    "logprobs": None,
+                    "finish_reason": "length",
+                    "stop_reason": None,
+                    "prompt_logprobs": None,
+                }
+                for i in range(n)
+            ]
+            reply = {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": created,
+                "model": self.model,
+                "choices": choices,
+                "service_tier": None,
+                "system_fingerprint": None,
+                "usage": usage,
+                "kv_transfer_params": None,
+            }
+        return web.json_response(reply)
+
+    # -- running it ------------------------------------------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        assert self.port is not None, "server not started"
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/v1"
+
+    async def start_async(self, port: int = 0) -> None:
+        """Start on the running loop (for use from an asyncio program or fixture)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, port))
+        self.port = sock.getsockname()[1]
+        self._runner = web.AppRunner(
+            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.2
+        )
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, backlog=1024).start()
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def start(self) -> FakeServer:
+        """Run in a background thread with its own event loop; returns once it accepts."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._stopped = asyncio.Event()
+                loop.run_until_complete(self.start_async())
+            except BaseException as exc:  # pragma: no cover - reported to the caller
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            try:
+                loop.run_until_complete(self._stopped.wait())
+                loop.run_until_complete(self.stop_async())
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="fake-vllm", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopped is not None and self._thread is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stopped.set)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _normalize_step(step: Any) -> Step:
+    if step in ("drop", "malformed"):
+        return Step(step)
+    if isinstance(step, int):
+        return Step("reply", step)
+    if isinstance(step, (tuple, list)) and step:
+        status = int(step[0])
+        headers = dict(step[1]) if len(step) > 1 and step[1] else {}
+        custom = step[2] if len(step) > 2 else None
+        delay = float(step[3]) if len(step) > 3 and step[3] is not None else None
+        return Step("reply", status, headers, custom, delay)
+    raise ValueError(f"bad script step {step!r}")
+
+
+async def _read_json(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except ValueError:
+        return None
+
+
+def _error(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(error_body(status, message, param), status=status, headers=headers)
+
+
+async def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection without a reply: the client sees the server disconnect."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    raise asyncio.CancelledError  # aiohttp gives up on the handler quietly
+
+
+# -- subprocess entry point --------------------------------------------------------------------
+
+
+def _parse_latency(text: str) -> float | tuple[float, float]:
+    parts = [float(p) for p in text.split(",")]
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = FakeServer(
+        latency=_parse_latency(args.latency), max_model_len=args.max_model_len, seed=args.seed
+    )
+    await server.start_async(args.port)
+    print(f"LISTENING {server.root_url}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
+    parser.add_argument("--latency", default="0", help="seconds, or LO,HI for uniform random")
+    parser.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

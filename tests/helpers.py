@@ -1,0 +1,158 @@
+"""Helpers shared by the tests: JSONL files, the CLI runner, a recording retry policy and a
+handle on the fake server running as a subprocess, and the start-then-kill of a long CLI run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vbatch
+
+FAKESERVER = str(Path(__file__).with_name("fakeserver.py"))
+CLI_TIMEOUT_S = 60
+
+
+class ServerProcess:
+    """The fake server as a subprocess, driven over HTTP (``/_control``, ``/_stats``)."""
+
+    def __init__(self, proc: subprocess.Popen[str], root_url: str) -> None:
+        self.proc = proc
+        self.root_url = root_url
+        self.base_url = root_url + "/v1"
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.root_url + path, data=data, method="POST" if data else "GET"
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            result: dict[str, Any] = json.loads(resp.read())
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("/_stats")
+
+    def control(self, **settings: Any) -> dict[str, Any]:
+        return self._call("/_control", settings)
+
+
+class FastRetry:
+    """A retry policy that records each delay instead of sleeping it."""
+
+    def __init__(self, max_attempts: int = 4, wait_s: float = 0.001) -> None:
+        self.delays: list[float] = []
+        self.policy = vbatch.RetryPolicy(
+            stop=vbatch.StopAfterAttempt(max_attempts),
+            wait=lambda attempt: wait_s,
+            sleep=self._sleep,
+        )
+
+    async def _sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every line of ``path``; fails on a torn or non-JSON line."""
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), f"{path} ends with a partial line"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def prompt_rows(n: int, prefix: str = "r", words: int = 5) -> list[dict[str, Any]]:
+    """Rows whose prompt starts with their id (the fake server keys scripts on that word)."""
+    filler = " ".join(f"w{k}" for k in range(words))
+    return [{"id": f"{prefix}{i}", "prompt": f"{prefix}{i} {filler} {i}"} for i in range(n)]
+
+
+def cli(*args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """``python -m vbatch run ARGS`` with output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "vbatch", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# -- interrupted runs --------------------------------------------------------------------------
+
+ROWS = 3000  # rows of the interrupted runs (test_kill_resume, test_ctrl_c)
+
+
+def big_run_args(server: ServerProcess, inp: Path, out: Path, *extra: str) -> list[str]:
+    """The interrupted runs' command line: 32 in flight, the server adds 5-20 ms."""
+    return [
+        str(inp),
+        "-o",
+        str(out),
+        "--base-url",
+        server.base_url,
+        "--model",
+        "smol",
+        "--concurrency",
+        "32",
+        "--max-tokens",
+        "4",
+        *extra,
+    ]
+
+
+def count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def start_and_stop(
+    server: ServerProcess, inp: Path, out: Path, sig: int, rng: random.Random, *extra: str
+) -> tuple[int, str, int]:
+    """Start the CLI, wait until the output holds a random number of lines, then send ``sig``.
+
+    Returns the exit status, the stderr and the number of lines the kill point was aimed at."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vbatch", "run", *big_run_args(server, inp, out, *extra)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    target = int(rng.uniform(0.05, 0.5) * ROWS)
+    deadline = time.monotonic() + 60
+    try:
+        while count_lines(out) < target:
+            _check_running(proc)
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.1))
+        _check_running(proc)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, stderr, target
+
+
+def _check_running(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        _, stderr = proc.communicate()
+        pytest.fail(f"the run ended (exit {proc.returncode}) before the kill point: {stderr}")
