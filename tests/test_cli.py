@@ -226,10 +226,10 @@ def test_api_key_never_printed_or_written(server: FakeServer, inp: Path, out: Pa
     texts = [proc.stdout, proc.stderr, bad.stdout, bad.stderr]
     files = [p for p in out.parent.iterdir() if p.is_file()]
     assert {out, metrics, Path(str(out) + ".vbatch.json")} <= set(files)
-    texts += [p.read_text() for p in files if p.name != "in.jsonl"]
-    for text in texts:
-        assert SECRET not in text
-        assert SECRET[8:20] not in text
+    blobs = [t.encode() for t in texts] + [p.read_bytes() for p in files if p.name != "in.jsonl"]
+    for blob in blobs:
+        assert SECRET.encode() not in blob
+        assert SECRET[8:20].encode() not in blob
 
 
 def test_api_key_from_environment(

@@ -12,7 +12,7 @@ from vbatch import ErrorInfo, Result, ResumeError
 from vbatch._ids import id_digest
 from vbatch._models import CHAT, COMPLETIONS
 from vbatch._records import format_batch_line, format_record, read_record_status
-from vbatch._resume import pending_mask, prepare_output, state_path
+from vbatch._resume import InputIndex, ids_path, pending_mask, prepare_output, state_path
 from vbatch._sink import JsonlSink
 
 BODY = {
@@ -83,16 +83,37 @@ def test_sink_writes_whole_lines_and_flushes_on_close(tmp_path: Path) -> None:
 
 
 PARTS = {"input": "abc", "model": "smol"}
+IDS = ("a", "b", "c")
+
+
+class Validator:
+    """Stands in for the validating pass; counts how often it ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> InputIndex:
+        self.calls += 1
+        digests = np.array([id_digest(x) for x in IDS], dtype=np.uint64)
+        return InputIndex(len(IDS), False, digests)
+
+
+def prepare(out: str, parts: dict = PARTS, validate: Validator | None = None, **kw: bool):
+    return prepare_output(out, parts, validate or Validator(), **kw)[0]
 
 
 def test_prepare_output_fresh_then_resume(tmp_path: Path) -> None:
     out = str(tmp_path / "o.jsonl")
-    state = prepare_output(out, PARTS)
+    validate = Validator()
+    state = prepare(out, validate=validate)
     assert not state.resumed and Path(state_path(out)).exists()
+    assert Path(ids_path(out)).stat().st_size == 8 * len(IDS)
     with open(out, "ab") as f:
         f.write(format_record(ok_result("a")) + format_record(err_result("b")))
         f.write(b'{"id": "c", "te')  # torn tail
-    state = prepare_output(out, PARTS)
+    state, index = prepare_output(out, PARTS, validate)
+    assert validate.calls == 1  # the same job resumed: the first run's index is reused
+    assert index.rows == 3
     assert state.resumed and state.ok == 1 and state.failed == 1
     assert state.torn_bytes == len(b'{"id": "c", "te')
     assert Path(out).read_bytes().endswith(b"\n")
@@ -102,37 +123,50 @@ def test_prepare_output_fresh_then_resume(tmp_path: Path) -> None:
 
 def test_retry_failed_drops_error_records(tmp_path: Path) -> None:
     out = str(tmp_path / "o.jsonl")
-    prepare_output(out, PARTS)
+    prepare(out)
     with open(out, "ab") as f:
         f.write(format_record(ok_result("a")) + format_record(err_result("b")))
-    state = prepare_output(out, PARTS, retry_failed=True)
+    state = prepare(out, retry_failed=True)
     assert state.dropped_failed == 1 and state.failed == 0
     assert [orjson.loads(x)["id"] for x in Path(out).read_bytes().splitlines()] == ["a"]
 
 
 def test_changed_job_refuses_unless_forced(tmp_path: Path) -> None:
     out = str(tmp_path / "o.jsonl")
-    prepare_output(out, PARTS)
+    prepare(out)
     Path(out).write_bytes(format_record(ok_result("a")))
     with pytest.raises(ResumeError, match=r"different job \(changed: model\)"):
-        prepare_output(out, {**PARTS, "model": "other"})
-    state = prepare_output(out, {**PARTS, "model": "other"}, force=True)
+        prepare(out, {**PARTS, "model": "other"})
+    validate = Validator()
+    state = prepare(out, {**PARTS, "model": "other"}, validate, force=True)
     assert state.ok == 1
+    assert validate.calls == 1  # a changed job is validated again
 
 
 def test_foreign_file_refuses_unless_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "o.jsonl"
     out.write_text("precious\n")
     with pytest.raises(ResumeError, match="not written by vbatch"):
-        prepare_output(str(out), PARTS)
+        prepare(str(out))
     assert out.read_text() == "precious\n"
-    prepare_output(str(out), PARTS, overwrite=True)
+    prepare(str(out), overwrite=True)
     assert out.read_text() == ""
 
 
 def test_damaged_middle_line_is_reported(tmp_path: Path) -> None:
     out = tmp_path / "o.jsonl"
-    prepare_output(str(out), PARTS)
+    prepare(str(out))
     out.write_bytes(b"garbage\n" + format_record(ok_result("a")))
     with pytest.raises(ResumeError, match=r"o.jsonl:1: not a vbatch record"):
-        prepare_output(str(out), PARTS)
+        prepare(str(out))
+
+
+def test_failed_validation_leaves_no_output(tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+
+    def bad() -> InputIndex:
+        raise ValueError("bad row")
+
+    with pytest.raises(ValueError):
+        prepare_output(str(out), PARTS, bad)
+    assert list(tmp_path.iterdir()) == []

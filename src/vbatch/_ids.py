@@ -4,7 +4,6 @@ digest is about 3e-8; duplicates found by digest are confirmed against the real 
 
 from __future__ import annotations
 
-from array import array
 from hashlib import blake2b
 from typing import Any
 
@@ -26,18 +25,16 @@ class DigestList:
     """An append-only list of digests that becomes a numpy array."""
 
     def __init__(self) -> None:
-        self._items = array("Q")
+        self._items = bytearray()
 
     def append(self, row_id: Any) -> None:
-        self._items.append(id_digest(row_id))
+        self._items += blake2b(id_key(row_id), digest_size=8).digest()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) // 8
 
     def to_numpy(self) -> np.ndarray:
-        if not self._items:
-            return np.zeros(0, np.uint64)
-        return np.frombuffer(self._items, dtype=np.uint64)
+        return np.frombuffer(bytes(self._items), dtype="<u8").astype(np.uint64)
 
     def duplicates(self) -> set[int]:
         """Digests that occur more than once."""

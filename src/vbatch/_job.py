@@ -14,17 +14,17 @@ from typing import Any
 import orjson
 
 from ._dispatcher import OVERFLOW_POLICIES, Dispatcher
-from ._errors import InputError, OutputError
+from ._errors import OutputError
 from ._models import RequestDefaults, Result
 from ._progress import NullProgress, Progress
 from ._records import format_batch_line, format_record
 from ._requests import FieldMap, RequestBuilder
-from ._resume import OutputState, file_digest, pending_mask, prepare_output
+from ._resume import InputIndex, OutputState, file_digest, pending_mask, prepare_output
 from ._sink import JsonlSink
 from ._sources import open_source
 from ._stats import Stats
 from ._transport import TransportError
-from ._validate import InputSummary, validate_input
+from ._validate import validate_input
 
 __all__ = ["ORDERS", "Job", "RunSummary", "iter_results", "run_job"]
 
@@ -99,33 +99,23 @@ class RunSummary:
         }
 
 
-async def _resolve_model(
-    job: Job, summary: InputSummary, dispatcher: Dispatcher
-) -> RequestDefaults:
-    """Ask the server what it serves (for max_model_len); without --model, use its model when
-    it serves exactly one."""
+async def _server_defaults(job: Job, dispatcher: Dispatcher) -> tuple[RequestDefaults, str]:
+    """Ask the server what it serves (its max_model_len lets server-shortened rows be marked);
+    without --model, use its model when it serves exactly one. Returns the defaults and, for
+    rows that still lack a model, a hint of why."""
     defaults = job.defaults
-    names: list[str] = []
-    problem = ""
     try:
         resp = await dispatcher.transport.request("GET", dispatcher.api_prefix + "/models")
         models = orjson.loads(resp.content)["data"]
         names = [m["id"] for m in models]
-        wanted = defaults.model or (names[0] if len(names) == 1 else None)
-        for m in models:
-            if m["id"] == wanted and isinstance(m.get("max_model_len"), int):
-                dispatcher.max_model_len = m["max_model_len"]
-    except (TransportError, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
-        problem = str(exc) or type(exc).__name__
-    if defaults.model or summary.rows_without_model == 0:
-        return defaults
-    if problem:
-        raise InputError(job.input, None, f"no --model given and the server's models could not "
-                         f"be listed ({problem}); pass --model")  # fmt: skip
-    if len(names) != 1:
-        raise InputError(job.input, None, f"no --model given and the server serves "
-                         f"{len(names)} models ({', '.join(names)}); pass --model")  # fmt: skip
-    return dataclasses.replace(defaults, model=names[0])
+    except (TransportError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return defaults, f"the server's models could not be listed ({exc})"
+    if not defaults.model and len(names) == 1:
+        defaults = dataclasses.replace(defaults, model=names[0])
+    for m in models:
+        if m.get("id") == defaults.model and isinstance(m.get("max_model_len"), int):
+            dispatcher.max_model_len = m["max_model_len"]
+    return defaults, f"the server serves {len(names)} models ({', '.join(names)})"
 
 
 async def iter_results(
@@ -141,33 +131,35 @@ async def iter_results(
     """
     stats = stats or Stats()
     source = open_source(job.input, job.input_format)
-    builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
-                             require_model=False)  # fmt: skip
-    summary = validate_input(source, builder)
-    defaults = await _resolve_model(job, summary, dispatcher)
+    defaults, hint = await _server_defaults(job, dispatcher)
+    builder = RequestBuilder(source.path, defaults, job.fields, job.endpoint, model_hint=hint)
+
+    def validate() -> InputIndex:
+        return validate_input(source, builder)
+
     if job.output is not None:
-        if job.include_response and summary.batch_lines:
-            raise OutputError("--include-response does not apply to OpenAI Batch output")
         parts = job.fingerprint_parts(defaults, file_digest(source.path))
-        previous = prepare_output(job.output, parts, overwrite=job.overwrite,
-                                  retry_failed=job.retry_failed, force=job.force)  # fmt: skip
+        previous, index = prepare_output(
+            job.output, parts, validate,
+            overwrite=job.overwrite, retry_failed=job.retry_failed, force=job.force,
+        )  # fmt: skip
     else:
-        previous = OutputState()
-    pending = pending_mask(summary.digests, previous.done)
-    stats.total = summary.rows
-    stats.skipped = summary.rows - int(pending.sum())
+        previous, index = OutputState(), validate()
+    if job.include_response and index.batch_lines:
+        raise OutputError("--include-response does not apply to OpenAI Batch output")
+    pending = pending_mask(index.digests, previous.done)
+    stats.total = index.rows
+    stats.skipped = index.rows - int(pending.sum())
     if on_ready is not None:
         on_ready(stats, previous)
-    builder = RequestBuilder(source.path, defaults, job.fields, job.endpoint)
     requests = (builder.build(row) for row in source.rows(pending))
     sink = JsonlSink(job.output) if job.output is not None else None
-    fmt = format_batch_line if summary.batch_lines else format_record
     flusher = asyncio.create_task(_flush_periodically(sink)) if sink is not None else None
     try:
         async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
                                               on_overflow=job.on_overflow):  # fmt: skip
             if sink is not None:
-                sink.write(fmt(result) if fmt is format_batch_line
+                sink.write(format_batch_line(result) if index.batch_lines
                            else format_record(result, job.include_response))  # fmt: skip
             yield result
     finally:

@@ -62,6 +62,7 @@ class RequestBuilder:
         fields: FieldMap | None = None,
         endpoint: str = "auto",
         require_model: bool = True,
+        model_hint: str = "",
     ) -> None:
         if endpoint not in ENDPOINT_MODES:
             raise ValueError(f"endpoint must be one of {ENDPOINT_MODES}, not {endpoint!r}")
@@ -71,6 +72,7 @@ class RequestBuilder:
         self.endpoint = endpoint
         self._base = defaults.body_fields()
         self.require_model = require_model
+        self.model_hint = model_hint
         self.batch_lines: bool | None = None  # decided by the first row
 
     def build(self, row: RawRow) -> PreparedRequest:
@@ -186,4 +188,5 @@ class RequestBuilder:
 
     def _check_model(self, row: RawRow, body: dict[str, Any]) -> None:
         if self.require_model and not body.get("model"):
-            raise self._error(row, "no model: pass --model or give the row a 'model'")
+            hint = f" ({self.model_hint})" if self.model_hint else ""
+            raise self._error(row, f"no model: pass --model or give the row a 'model'{hint}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from ._ids import DigestList
 from ._records import read_record_status
 
 __all__ = [
+    "InputIndex",
     "OutputState",
     "file_digest",
     "fingerprint",
@@ -35,7 +37,7 @@ def state_path(output: str) -> str:
 def file_digest(path: str) -> str:
     """Content identity of the input: a renamed or touched file still resumes, an edited one not."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()[:32]
 
 
 def fingerprint(parts: dict[str, Any]) -> str:
@@ -69,45 +71,88 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise
 
 
+def ids_path(output: str) -> str:
+    return output + ".vbatch.ids"
+
+
+@dataclass
+class InputIndex:
+    """What the validating pass learns that a resumed run needs again: row count, whether the
+    rows are OpenAI Batch lines, and each row's id digest (by row index)."""
+
+    rows: int
+    batch_lines: bool
+    digests: np.ndarray
+
+
 def _check_writable(output: str) -> None:
     folder = os.path.dirname(os.path.abspath(output)) or "."
     if os.path.isdir(output):
         raise OutputError(f"{output}: is a directory")
     if not os.path.isdir(folder):
         raise OutputError(f"{output}: folder {folder} does not exist")
-    try:
+    existed = os.path.exists(output)
+    try:  # only trying tells (root passes os.access checks that the kernel then refuses)
         with open(output, "ab"):
             pass
     except OSError as exc:
         raise OutputError(f"{output}: cannot be written ({exc.strerror})") from None
+    if not existed:
+        os.unlink(output)  # a run that fails validation leaves nothing behind
 
 
-def _write_state(output: str, parts: dict[str, Any]) -> None:
-    state = {"version": STATE_VERSION, "fingerprint": fingerprint(parts), "job": parts}
+def _write_state(output: str, parts: dict[str, Any], index: InputIndex) -> None:
+    # The id digests go first: a state file naming them is only ever written once they exist.
+    _atomic_write(ids_path(output), index.digests.astype("<u8").tobytes())
+    state = {
+        "version": STATE_VERSION,
+        "fingerprint": fingerprint(parts),
+        "rows": index.rows,
+        "batch_lines": index.batch_lines,
+        "job": parts,
+    }
     _atomic_write(state_path(output), orjson.dumps(state, option=orjson.OPT_INDENT_2))
+
+
+def _cached_index(output: str, state: dict[str, Any]) -> InputIndex | None:
+    """The earlier run's validated index, when it is whole; else None (validate again)."""
+    rows = state.get("rows")
+    try:
+        with open(ids_path(output), "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    if not isinstance(rows, int) or len(raw) != 8 * rows:
+        return None
+    digests = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+    return InputIndex(rows, bool(state.get("batch_lines")), digests)
 
 
 def prepare_output(
     output: str,
     parts: dict[str, Any],
+    validate: Callable[[], InputIndex],
     *,
     overwrite: bool = False,
     retry_failed: bool = False,
     force: bool = False,
-) -> OutputState:
-    """Make ``output`` ready to append to, and say what it already holds.
+) -> tuple[OutputState, InputIndex]:
+    """Make ``output`` ready to append to; say what it already holds and index the input.
 
     Re-running into an existing output resumes it when its recorded fingerprint matches this
     job's; it refuses when the job changed (unless ``force``) or when the file was not written by
-    vbatch (unless ``overwrite``).
+    vbatch (unless ``overwrite``). ``validate`` (the streaming validation pass) runs before
+    anything is written, except on a matching resume, where the earlier run's index is reused:
+    the input is byte-for-byte the one already validated.
     """
-    existed = os.path.exists(output) and os.path.getsize(output) > 0
     _check_writable(output)
+    existed = os.path.exists(output) and os.path.getsize(output) > 0
     if overwrite or not existed:
+        fresh = validate()
         with open(output, "wb"):
             pass
-        _write_state(output, parts)
-        return OutputState()
+        _write_state(output, parts, fresh)
+        return OutputState(), fresh
     try:
         with open(state_path(output), "rb") as f:
             recorded = orjson.loads(f.read())
@@ -119,6 +164,7 @@ def prepare_output(
     except orjson.JSONDecodeError:
         corrupt = f"{state_path(output)} is corrupt; pass --overwrite to start again"
         raise ResumeError(corrupt) from None
+    index: InputIndex | None = None
     if recorded.get("fingerprint") != fingerprint(parts):
         if not force:
             before = recorded.get("job", {})
@@ -127,8 +173,12 @@ def prepare_output(
                 f"{output} was written by a different job (changed: {', '.join(changed)}); "
                 "pass --force to resume it anyway, or --overwrite to start again"
             )
-        _write_state(output, parts)
-    return _scan(output, retry_failed)
+    else:
+        index = _cached_index(output, recorded)
+    if index is None:
+        index = validate()
+        _write_state(output, parts, index)
+    return _scan(output, retry_failed), index
 
 
 def _scan(output: str, retry_failed: bool) -> OutputState:
