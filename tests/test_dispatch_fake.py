@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakeserver import FakeServer, completion_text, error_body, error_type
+from fakeserver import FakeServer, completion_text, error_body, error_type, request_key
 from helpers import FastRetry, prompt_rows, read_jsonl, write_jsonl
 
 import vbatch
@@ -256,18 +256,50 @@ async def test_global_failure_knobs(server: FakeServer, tmp_path: Path) -> None:
 # -- overflow -----------------------------------------------------------------------------------
 
 
+PROMPT_TOKENS = 10  # every overflow row's prompt but "huge": its id and nine more words
+ROOM = MAX_LEN - PROMPT_TOKENS
+
+
 def _overflow_rows() -> list[dict[str, Any]]:
+    """vLLM 0.32 answers "long" and "chat" with a shortened output (prompt + max_tokens is over
+    the context, each alone fits), rejects "over" and "chat_over" (max_tokens > max_model_len)
+    and "huge" (the prompt alone is over the context)."""
     nine = " ".join(f"x{k}" for k in range(9))
+
+    def chat(key: str, max_tokens: int) -> dict[str, Any]:
+        messages = [{"role": "user", "content": f"{key} {nine}"}]
+        return {"id": key, "messages": messages, "max_tokens": max_tokens}
+
     return [
         {"id": "fits", "prompt": f"fits {nine}", "max_tokens": 8},
         {"id": "long", "prompt": f"long {nine}", "max_tokens": MAX_LEN - 5},  # 10 + 2043 > 2048
         {"id": "huge", "prompt": "huge " + "y " * (MAX_LEN + 10), "max_tokens": 8},
-        {
-            "id": "chat",
-            "messages": [{"role": "user", "content": f"chat {nine}"}],
-            "max_tokens": MAX_LEN,
-        },
+        chat("chat", MAX_LEN),  # 10 + 2048 > 2048
+        {"id": "over", "prompt": f"over {nine}", "max_tokens": 4000},  # 4000 > 2048
+        chat("chat_over", MAX_LEN + 1),
     ]
+
+
+SHORTENED = ("long", "chat")  # the server answers, with a shorter output
+TOO_MANY_TOKENS = ("over", "chat_over")  # HTTP 400: max_tokens > max_model_len
+
+
+def _sent(server: FakeServer, key: str) -> list[int]:
+    """The max_tokens of each request the server got for row ``key``."""
+    return [b["max_tokens"] for b in server.bodies if request_key(b) == key]
+
+
+def _assert_shortened_by_the_server(server: FakeServer, record: dict[str, Any]) -> None:
+    """A row the server answered with fewer tokens than asked: marked as clamped by vbatch,
+    from the usage and the max_model_len it learnt from /v1/models, without asking again."""
+    key = record["id"]
+    assert record["error"] is None, record
+    assert record["clamped_max_tokens"] == ROOM, key
+    assert record["usage"]["prompt_tokens"] == PROMPT_TOKENS
+    assert record["usage"]["completion_tokens"] == ROOM
+    assert record["finish_reason"] == "length"
+    assert record["attempts"] == 1 == server.attempts[key]
+    assert len(_sent(server, key)) == 1
 
 
 async def test_overflow_error(server: FakeServer, tmp_path: Path) -> None:
@@ -280,15 +312,26 @@ async def test_overflow_error(server: FakeServer, tmp_path: Path) -> None:
 
     by_id = _by_id(read_jsonl(out))
     assert by_id["fits"]["error"] is None
-    for key in ("long", "huge", "chat"):
-        error = by_id[key]["error"]
+    assert by_id["fits"]["clamped_max_tokens"] is None
+    for key in SHORTENED:
+        _assert_shortened_by_the_server(server, by_id[key])
+    for key in TOO_MANY_TOKENS:
+        record = by_id[key]
+        error = record["error"]
         assert error["code"] == "context_length_exceeded", key
         assert error["status"] == 400
-        assert "maximum context length is 2048" in error["message"]
-        assert by_id[key]["attempts"] == 1
-        assert by_id[key]["clamped_max_tokens"] is None
+        assert "cannot be greater than max_model_len=2048" in error["message"]
+        assert record["attempts"] == 1 == server.attempts[key]
+        assert record["clamped_max_tokens"] is None
+    huge = by_id["huge"]
+    assert huge["error"]["code"] == "context_length_exceeded"
+    assert huge["error"]["status"] == 400
+    assert "maximum context length is 2048" in huge["error"]["message"]
+    assert huge["attempts"] == 1 and huge["clamped_max_tokens"] is None
+    assert server.path_counts["/tokenize"] == 0
+    assert server.generation_requests == 6
+    assert (summary.stats.ok, summary.stats.failed, summary.stats.clamped) == (3, 3, 2)
     assert summary.exit_code == 1
-    assert server.generation_requests == 4
 
 
 async def test_overflow_clamp(server: FakeServer, tmp_path: Path) -> None:
@@ -300,28 +343,33 @@ async def test_overflow_clamp(server: FakeServer, tmp_path: Path) -> None:
     )
 
     by_id = _by_id(read_jsonl(out))
+    assert by_id["fits"]["error"] is None
     assert by_id["fits"]["clamped_max_tokens"] is None
-    for key in ("long", "chat"):
+    for key in SHORTENED:
+        _assert_shortened_by_the_server(server, by_id[key])
+    for key, asked in zip(TOO_MANY_TOKENS, (4000, MAX_LEN + 1), strict=True):
+        # The 400 does not say how long the prompt is: one /tokenize each, then one retry.
         record = by_id[key]
         assert record["error"] is None, record
-        assert record["clamped_max_tokens"] == MAX_LEN - 10
-        assert record["usage"]["completion_tokens"] == MAX_LEN - 10
-        sent = [
-            b
-            for b in server.bodies
-            if b.get("prompt", "").startswith(key) or (key == "chat" and "messages" in b)
-        ]
-        assert [b["max_tokens"] for b in sent][-1] == MAX_LEN - 10
+        assert record["clamped_max_tokens"] == ROOM
+        assert record["usage"]["completion_tokens"] == ROOM
+        assert _sent(server, key) == [asked, ROOM]
+        assert record["attempts"] == 2 == server.attempts[key]
+    assert server.path_counts["/tokenize"] == len(TOO_MANY_TOKENS)
     # A prompt that alone exceeds the context cannot be clamped.
-    assert by_id["huge"]["error"]["code"] == "context_length_exceeded"
-    assert summary.stats.clamped == 2
+    huge = by_id["huge"]
+    assert huge["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 2048" in huge["error"]["message"]
+    assert huge["attempts"] == 1 and huge["clamped_max_tokens"] is None
+    assert (summary.stats.ok, summary.stats.failed, summary.stats.clamped) == (5, 1, 4)
     assert summary.exit_code == 1
 
 
 async def test_overflow_clamp_asks_the_server_when_the_message_lacks_numbers(
     server: FakeServer, tmp_path: Path
 ) -> None:
-    """An overflow message without the numbers: the room comes from /v1/models and /tokenize."""
+    """An (older vLLM) overflow message without the numbers: the room comes from /v1/models and
+    /tokenize."""
     terse = "'max_tokens' or 'max_completion_tokens' is too large: 5000."
     server.script("long", [(400, {}, error_body(400, terse))])
     rows = [{"id": "long", "prompt": "long a b c d e f g h i j k", "max_tokens": 5000}]
@@ -340,6 +388,52 @@ async def test_overflow_clamp_asks_the_server_when_the_message_lacks_numbers(
     assert summary.exit_code == 0
 
 
+OLD_OVERFLOW_MESSAGES = [
+    pytest.param(
+        "'max_tokens' or 'max_completion_tokens' is too large: 2043. This model's maximum "
+        "context length is 2048 tokens and your request has 10 input tokens (2043 > 2048 - 10).",
+        id="too-large",
+    ),
+    pytest.param(
+        "This model's maximum context length is 2048 tokens. However, you requested 2053 tokens "
+        "(10 in the messages, 2043 in the completion). Please reduce the length of the messages "
+        "or completion.",
+        id="you-requested",
+    ),
+]
+
+
+@pytest.mark.parametrize("message", OLD_OVERFLOW_MESSAGES)
+@pytest.mark.parametrize("policy", ["error", "clamp"])
+async def test_older_vllm_rejecting_prompt_plus_max_tokens(
+    server: FakeServer, tmp_path: Path, message: str, policy: str
+) -> None:
+    """Older vLLMs reject prompt + max_tokens > max_model_len with a 400 that states both
+    numbers: an error under "error"; under "clamp" one retry with the room, no /tokenize."""
+    server.script("long", [(400, {}, error_body(400, message))])
+    rows = [{"id": "long", "prompt": f"long {' '.join('x' * 9)}", "max_tokens": MAX_LEN - 5}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+
+    summary = await vbatch.arun(
+        str(inp), str(out), base_url=server.base_url, model="smol", on_overflow=policy
+    )
+
+    record = read_jsonl(out)[0]
+    if policy == "error":
+        assert record["error"]["code"] == "context_length_exceeded"
+        assert record["error"]["message"] == message
+        assert record["attempts"] == 1
+        assert summary.exit_code == 1
+    else:
+        assert record["error"] is None, record
+        assert record["clamped_max_tokens"] == ROOM
+        assert _sent(server, "long") == [MAX_LEN - 5, ROOM]
+        assert record["attempts"] == 2
+        assert summary.exit_code == 0
+    assert server.path_counts["/tokenize"] == 0
+
+
 # -- error records ------------------------------------------------------------------------------
 
 
@@ -354,7 +448,9 @@ async def test_unknown_model_gives_404_records(server: FakeServer, tmp_path: Pat
     for record in records:
         assert record["error"]["status"] == 404
         assert record["error"]["code"] == "NotFoundError"
-        assert record["error"]["message"] == "The model `nope` does not exist."
+        assert record["error"]["message"] == (
+            "The model `nope` does not exist. Valid aliases: smol."
+        )
         assert record["attempts"] == 1
     assert summary.exit_code == 1
     assert summary.stats.failed == 6

@@ -9,14 +9,18 @@ fields (order, on_overflow, ...).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import inspect
 import os
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ._dispatcher import DEFAULT_CONCURRENCY, Dispatcher
 from ._job import Job, RunSummary, iter_results, run_job
+from ._launcher import VllmServer
 from ._models import RequestDefaults, Result
+from ._plan import LaunchPlan, plan_launch
 from ._progress import Progress
 from ._requests import FieldMap
 from ._retry import RetryPolicy
@@ -28,6 +32,12 @@ T = TypeVar("T")
 _DEFAULT_KEYS = {f.name for f in dataclasses.fields(RequestDefaults)}
 _FIELD_KEYS = {f.name for f in dataclasses.fields(FieldMap)}
 _JOB_KEYS = {f.name for f in dataclasses.fields(Job)} - {"input", "output", "defaults", "fields"}
+# Settings of a server vbatch starts itself (plan_launch's keyword arguments).
+LAUNCH_KEYS = {
+    name
+    for name, p in inspect.signature(plan_launch).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+} - {"concurrency"}
 
 
 def make_job(input: str, output: str | None = None, **options: Any) -> Job:
@@ -52,7 +62,7 @@ def connect(
     base_url: str,
     *,
     api_key: str | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     timeout_s: float = 600.0,
     max_attempts: int = 5,
     retry: RetryPolicy | None = None,
@@ -67,19 +77,52 @@ def connect(
     )
     return Dispatcher(
         transport,
-        concurrency=concurrency,
+        concurrency=concurrency or DEFAULT_CONCURRENCY,
         retry=retry or RetryPolicy.default(max_attempts),
         api_prefix=transport.api_prefix,
     )
 
 
-def _dispatcher_for(base_url: str | None, dispatcher: Dispatcher | None, **kw: Any) -> Dispatcher:
+@contextlib.asynccontextmanager
+async def _session(
+    job: Job,
+    base_url: str | None,
+    dispatcher: Dispatcher | None,
+    launch: dict[str, Any],
+    on_launch: Callable[[LaunchPlan, VllmServer], None] | None = None,
+    **connect_kw: Any,
+) -> AsyncIterator[tuple[Job, Dispatcher]]:
+    """The dispatcher to run ``job`` with: the one given, one for ``base_url``, or one for a
+    vLLM server started (and stopped afterwards) for this job when neither is given."""
     if dispatcher is not None:
-        return dispatcher
+        yield job, dispatcher
+        return
     base_url = base_url or os.environ.get("VBATCH_BASE_URL")
-    if not base_url:
-        raise ValueError("no server: pass base_url (or set VBATCH_BASE_URL)")
-    return connect(base_url, **kw)
+    if base_url:
+        if launch:
+            raise ValueError(f"{', '.join(sorted(launch))}: only for a server vbatch starts")
+        async with connect(base_url, **connect_kw) as disp:
+            yield job, disp
+        return
+    plan = await asyncio.to_thread(plan_launch, job, job.defaults.model, **launch)
+    job = dataclasses.replace(
+        job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
+    )
+    server = VllmServer(plan.spec)
+    try:
+        await asyncio.to_thread(server.start)
+        if on_launch is not None:
+            on_launch(plan, server)
+        await asyncio.to_thread(server.wait_healthy)
+        connect_kw["concurrency"] = connect_kw.get("concurrency") or plan.concurrency
+        async with connect(server.base_url, **connect_kw) as disp:
+            yield job, disp
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def _split_launch(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: options.pop(k) for k in list(options) if k in LAUNCH_KEYS}
 
 
 async def arun(
@@ -91,22 +134,25 @@ async def arun(
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
     api_key: str | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     timeout_s: float = 600.0,
     max_attempts: int = 5,
+    on_launch: Callable[[LaunchPlan, VllmServer], None] | None = None,
     **options: Any,
 ) -> RunSummary:
-    """Run a whole job and return its summary. A ``dispatcher`` passed in is left open;
-    setting ``stop`` ends the run early and cleanly (``summary.interrupted``)."""
+    """Run a whole job and return its summary.
+
+    Without ``base_url`` (or ``$VBATCH_BASE_URL``) or ``dispatcher``, a vLLM server is started
+    for the job, sized for its data, and stopped at the end; launch options (``max_model_len``,
+    ``tensor_parallel_size``, ``vllm_args``, ...) apply to it. A ``dispatcher`` passed in is left
+    open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``).
+    """
+    launch = _split_launch(options)
     job = make_job(input, output, **options)
-    own = dispatcher is None
-    disp = _dispatcher_for(base_url, dispatcher, api_key=api_key, concurrency=concurrency,
-                           timeout_s=timeout_s, max_attempts=max_attempts)  # fmt: skip
-    try:
+    async with _session(job, base_url, dispatcher, launch, on_launch, api_key=api_key,
+                        concurrency=concurrency, timeout_s=timeout_s,
+                        max_attempts=max_attempts) as (job, disp):  # fmt: skip
         return await run_job(job, disp, progress, stop)
-    finally:
-        if own:
-            await disp.aclose()
 
 
 async def stream(
@@ -116,22 +162,19 @@ async def stream(
     base_url: str | None = None,
     dispatcher: Dispatcher | None = None,
     api_key: str | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     timeout_s: float = 600.0,
     max_attempts: int = 5,
     **options: Any,
 ) -> AsyncIterator[Result]:
     """Yield each ``Result`` as it completes (written to ``output`` first, when given)."""
+    launch = _split_launch(options)
     job = make_job(input, output, **options)
-    own = dispatcher is None
-    disp = _dispatcher_for(base_url, dispatcher, api_key=api_key, concurrency=concurrency,
-                           timeout_s=timeout_s, max_attempts=max_attempts)  # fmt: skip
-    try:
+    async with _session(job, base_url, dispatcher, launch, api_key=api_key,
+                        concurrency=concurrency, timeout_s=timeout_s,
+                        max_attempts=max_attempts) as (job, disp):  # fmt: skip
         async for result in iter_results(job, disp):
             yield result
-    finally:
-        if own:
-            await disp.aclose()
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -16,6 +16,8 @@ from ._api import arun, run_sync
 from ._dispatcher import DEFAULT_CONCURRENCY, OVERFLOW_POLICIES
 from ._errors import VbatchError
 from ._job import ORDERS, RunSummary
+from ._launcher import VllmServer
+from ._plan import LaunchPlan, plan_launch
 from ._progress import choose_progress
 from ._requests import ENDPOINT_MODES
 from ._sources import FORMATS
@@ -57,6 +59,64 @@ def cli() -> None:
     """
 
 
+def launch_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options for a vLLM server that vbatch starts itself."""
+    options = [
+        click.option("--max-model-len", type=click.IntRange(min=16), help="Context size "
+                     "[default for run: longest prompt + max_tokens, from the data]."),
+        click.option("--max-num-seqs", type=click.IntRange(min=1), help="vLLM's batch size "
+                     "(its default: 128 on CPU, 1024 on an H100)."),
+        click.option("--tensor-parallel-size", type=click.IntRange(min=1),
+                     help="GPUs per model replica."),
+        click.option("--data-parallel-size", type=click.IntRange(min=1),
+                     help="Model replicas behind one server (vLLM's own data parallelism)."),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
+                     help="Share of GPU memory vLLM may take [default: 0.9 on GPU]."),
+        click.option("--dtype", help="Model dtype [default on CPU: bfloat16 with AMX or "
+                     "AVX512-BF16, else float32]."),
+        click.option("--vllm-arg", "vllm_args", multiple=True, metavar="ARG",
+                     help="Any other vLLM server flag, passed through (repeat; e.g. "
+                          "--vllm-arg=--enable-prefix-caching)."),
+        click.option("--host", default="127.0.0.1", show_default=True,
+                     help="Interface the started server listens on."),
+        click.option("--port", type=click.IntRange(0, 65535), default=0,
+                     help="Port of the started server [default: a free one]."),
+        click.option("--startup-timeout", "startup_timeout_s", type=float, default=900.0,
+                     show_default=True, help="Seconds the started server may take to be healthy."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _launch_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the launch options out of ``options``; keep those the user set."""
+    keys = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "data_parallel_size",
+            "gpu_memory_utilization", "dtype")  # fmt: skip
+    launch = {k: v for k in keys if (v := options.pop(k, None)) is not None}
+    host, port = options.pop("host"), options.pop("port")
+    vllm_args, timeout = options.pop("vllm_args"), options.pop("startup_timeout_s")
+    if host != "127.0.0.1":
+        launch["host"] = host
+    if port:
+        launch["port"] = port
+    if vllm_args:
+        launch["vllm_args"] = tuple(vllm_args)
+    if timeout != 900.0:
+        launch["startup_timeout_s"] = timeout
+    return launch
+
+
+def _announce(plan: LaunchPlan, server: VllmServer) -> None:
+    spec = plan.spec
+    size = f"max_model_len {spec.max_model_len}" if spec.max_model_len else "the model's context"
+    click.echo(f"vbatch: starting vLLM ({spec.backend}) for {plan.served_model} on "
+               f"{server.root_url}, {size}, window {plan.concurrency}", err=True)  # fmt: skip
+    for note in plan.notes:
+        click.echo(f"vbatch: {note}", err=True)
+    click.echo(f"vbatch: server log: {server.log_path}", err=True)
+
+
 @cli.command("run")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
 @click.option(
@@ -70,7 +130,8 @@ def cli() -> None:
     "--base-url",
     envvar="VBATCH_BASE_URL",
     metavar="URL",
-    help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 [env VBATCH_BASE_URL].",
+    help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 [env VBATCH_BASE_URL]. "
+    "Without it vbatch starts vLLM for the job, sized for the data, and stops it at the end.",
 )
 @click.option(
     "--api-key",
@@ -80,7 +141,10 @@ def cli() -> None:
     help="Bearer key for the server. Never printed or logged.",
 )
 @click.option(
-    "--model", help="Model name sent with every request (default: the server's only model)."
+    "--model",
+    help="Model name sent with every request [default: the server's only model]. Without "
+    "--base-url: the model vLLM serves, a path or hub name [default: the embedded "
+    "SmolLM2-135M-Instruct].",
 )
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens.")
 @click.option("--temperature", type=float, help="Default temperature.")
@@ -144,9 +208,8 @@ def cli() -> None:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Requests in flight at once. About 2x the server's --max-num-seqs keeps its batch full.",
+    help=f"Requests in flight at once [default: {DEFAULT_CONCURRENCY}; 2 x max_num_seqs for a "
+    "server vbatch starts]. About 2x the server's --max-num-seqs keeps its batch full.",
 )
 @click.option(
     "--timeout",
@@ -201,12 +264,13 @@ def cli() -> None:
     help="Write the run's summary as JSON.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
+@launch_options
 def run_command(
     input_path: str,
     output: str,
     base_url: str | None,
     api_key: str | None,
-    concurrency: int,
+    concurrency: int | None,
     timeout_s: float,
     max_attempts: int,
     metrics_json: str | None,
@@ -231,8 +295,10 @@ def run_command(
     Exit codes: 0 every row succeeded; 1 some rows ended as error records;
     2 bad usage, input or output (nothing sent); 130 interrupted (results so far kept).
     """
-    if not base_url:
-        raise UserError("no server: pass --base-url (or set VBATCH_BASE_URL)")
+    launch = _launch_kwargs(options)
+    if base_url and launch:
+        flag = "--" + next(iter(launch)).replace("_", "-")
+        raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
     if metrics_json:
         _check_writable(metrics_json)
     options = {k: v for k, v in options.items() if v is not None}
@@ -247,7 +313,8 @@ def run_command(
                 lambda stop: arun(input_path, output, base_url=base_url, api_key=api_key,
                                   concurrency=concurrency, timeout_s=timeout_s,
                                   max_attempts=max_attempts, progress=progress, stop=stop,
-                                  extra_body=extra_body, **options)
+                                  on_launch=None if quiet else _announce,
+                                  extra_body=extra_body, **options, **launch)
             )
         )  # fmt: skip
     except VbatchError as exc:
@@ -266,6 +333,38 @@ def run_command(
     if not quiet:
         _print_summary(summary)
     sys.exit(summary.exit_code)
+
+
+@cli.command("serve")
+@click.option("--model", help="Model to serve, a path or hub name [default: the embedded "
+              "SmolLM2-135M-Instruct].")  # fmt: skip
+@launch_options
+def serve_command(model: str | None, **options: Any) -> None:
+    """Start a vLLM server, print its URL, and keep it until Ctrl-C.
+
+    For reuse across several `vbatch run --base-url URL` calls. It listens on 127.0.0.1 unless
+    --host says otherwise; Ctrl-C stops it and every process it started.
+    """
+    launch = _launch_kwargs(options)
+    try:
+        plan = plan_launch(None, model, **launch)
+        server = VllmServer(plan.spec)
+        server.start()
+        try:
+            _announce(plan, server)
+            server.wait_healthy()
+            click.echo(f"vbatch: serving {plan.served_model} at {server.base_url}", err=True)
+            click.echo(server.base_url)
+            # Blocked only now: the server must not inherit a mask that hides SIGTERM from it.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        finally:
+            click.echo("vbatch: stopping the server...", err=True)
+            server.stop()
+    except VbatchError as exc:
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def _check_writable(path: str) -> None:

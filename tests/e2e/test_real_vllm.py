@@ -1,0 +1,261 @@
+"""End-to-end against real vLLM (CPU build, embedded SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from helpers import read_jsonl, write_jsonl
+
+from vbatch._launcher import VllmServer
+from vbatch._plan import plan_launch
+
+from .conftest import MAX_MODEL_LEN
+
+pytestmark = pytest.mark.vllm
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def call(server: VllmServer, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        server.root_url + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def vbatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vbatch", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def count(server: VllmServer, **body: Any) -> int:
+    status, reply = call(server, "/tokenize", {"model": MODEL, **body})
+    assert status == 200, reply
+    return int(reply["count"])
+
+
+def vllm_processes() -> set[int]:
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline", "name"]):
+        cmd = " ".join(p.info["cmdline"] or []) + " " + (p.info["name"] or "")
+        if "vllm.entrypoints" in cmd or "VLLM::" in cmd:
+            found.add(p.info["pid"])
+    return found
+
+
+def test_chat_and_completion_rows(vllm_server: VllmServer, tmp_path: Path) -> None:
+    rows = [
+        {"id": "chat1", "messages": [{"role": "user", "content": "What is the capital of Italy?"}]},
+        {"id": "chat2", "messages": [{"role": "user", "content": "Name a color."}]},
+        {"id": "text1", "prompt": "The Eiffel Tower is located in"},
+        {"id": "text2", "prompt": "One, two, three,"},
+    ]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    body = json.dumps({"ignore_eos": True, "return_token_ids": True})
+    proc = vbatch(str(inp), "-o", str(out), "--base-url", vllm_server.base_url,
+                  "--max-tokens", "12", "--temperature", "0", "--extra-body", body,
+                  "--include-response")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = {r["id"]: r for r in read_jsonl(out)}
+    assert set(records) == {r["id"] for r in rows}
+    for row in rows:
+        rec = records[row["id"]]
+        assert rec["error"] is None
+        assert isinstance(rec["text"], str) and rec["text"].strip(), rec
+        assert rec["usage"]["completion_tokens"] == 12
+        token_ids = rec["response"]["choices"][0]["token_ids"]
+        assert len(token_ids) == rec["usage"]["completion_tokens"]
+        status, detok = call(vllm_server, "/detokenize", {"model": MODEL, "tokens": token_ids})
+        assert status == 200 and detok["prompt"] == rec["text"]
+        # Re-tokenizing the text gives (about) the same count: BPE may merge across a boundary.
+        assert abs(count(vllm_server, prompt=rec["text"], add_special_tokens=False) - 12) <= 2
+        if "messages" in row:
+            # The chat template was applied: the prompt is the templated conversation.
+            templated = count(vllm_server, messages=row["messages"], add_generation_prompt=True)
+            bare = count(vllm_server, prompt=row["messages"][0]["content"])
+            assert rec["usage"]["prompt_tokens"] == templated > bare + 4
+        else:
+            assert rec["usage"]["prompt_tokens"] == count(vllm_server, prompt=row["prompt"])
+
+
+def _overflow_rows(server: VllmServer) -> tuple[list[dict[str, Any]], int]:
+    long_prompt = "The history of the town is long and full of stories. " * 40
+    long_tokens = count(server, prompt=long_prompt)
+    assert 300 < long_tokens < MAX_MODEL_LEN - 10
+    return [
+        {"id": "ok", "prompt": "Hello, my name is", "max_tokens": 4},
+        {"id": "prompt_too_long", "prompt": "word " * (MAX_MODEL_LEN + 50), "max_tokens": 4},
+        {"id": "max_too_big", "prompt": "Hello there", "max_tokens": MAX_MODEL_LEN + 100},
+        {"id": "shortened", "prompt": long_prompt, "max_tokens": 400},
+    ], long_tokens
+
+
+@pytest.mark.parametrize("policy", ["error", "clamp"])
+def test_overflow_follows_policy(vllm_server: VllmServer, tmp_path: Path, policy: str) -> None:
+    rows, long_tokens = _overflow_rows(vllm_server)
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    proc = vbatch(str(inp), "-o", str(out), "--base-url", vllm_server.base_url,
+                  "--on-overflow", policy, "--extra-body", '{"ignore_eos": true}')  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # the too-long prompt fails under both policies
+    rec = {r["id"]: r for r in read_jsonl(out)}
+    assert rec["ok"]["error"] is None and rec["ok"]["clamped_max_tokens"] is None
+    too_long = rec["prompt_too_long"]["error"]
+    assert too_long["code"] == "context_length_exceeded" and too_long["status"] == 400
+    assert f"maximum context length is {MAX_MODEL_LEN}" in too_long["message"]
+    # The server itself shortens prompt + max_tokens > max_model_len; vbatch marks the row.
+    assert rec["shortened"]["error"] is None
+    assert rec["shortened"]["clamped_max_tokens"] == MAX_MODEL_LEN - long_tokens
+    assert rec["shortened"]["usage"]["completion_tokens"] == MAX_MODEL_LEN - long_tokens
+    big = rec["max_too_big"]
+    hello_tokens = count(vllm_server, prompt="Hello there")
+    if policy == "error":
+        assert big["error"]["code"] == "context_length_exceeded"
+        assert "cannot be greater than max_model_len" in big["error"]["message"]
+    else:
+        assert big["error"] is None, big
+        assert big["clamped_max_tokens"] == MAX_MODEL_LEN - hello_tokens
+        assert big["usage"]["completion_tokens"] == MAX_MODEL_LEN - hello_tokens
+
+
+def test_server_killed_mid_run_then_resumed(tmp_path: Path) -> None:
+    plan = plan_launch(None, None, max_model_len=MAX_MODEL_LEN)
+    first = VllmServer(plan.spec)
+    first.start()
+    first.wait_healthy()
+    port = first.port
+    rows = [{"id": f"r{i}", "prompt": f"Count to {i}:", "max_tokens": 16} for i in range(150)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    args = [sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(out), "--base-url",
+            first.base_url, "--concurrency", "8", "--max-attempts", "2", "--quiet",
+            "--extra-body", '{"ignore_eos": true}']  # fmt: skip
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not out.exists() or out.read_bytes().count(b"\n") < 20:
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert first.proc is not None
+        os.killpg(first.proc.pid, signal.SIGKILL)  # the whole server, no goodbye
+        code = run.wait(timeout=300)
+    finally:
+        first.stop()
+    assert code == 1  # rows that found no server are error records, not lost
+    partial = read_jsonl(out)
+    assert any(r["error"] is not None for r in partial)
+    assert len({r["id"] for r in partial}) == len(partial)
+
+    second = VllmServer(plan.spec.__class__(**{**plan.spec.__dict__, "port": port}))
+    with second:
+        again = vbatch(*args[4:], "--retry-failed")
+    assert again.returncode == 0, again.stderr
+    final = read_jsonl(out)
+    assert sorted(r["id"] for r in final) == sorted(r["id"] for r in rows)  # each exactly once
+    assert all(r["error"] is None for r in final)
+    assert all(r["usage"]["completion_tokens"] == 16 for r in final)
+
+
+def test_self_launched_default_leaves_no_process(tmp_path: Path) -> None:
+    """The README's path: no --base-url and no --model starts the embedded model, sized for
+    the data, and stops every process it started."""
+    before = vllm_processes()
+    rows = [
+        {"id": "a", "messages": [{"role": "user", "content": "Say hello."}]},
+        {"id": "b", "prompt": "The sky is"},
+    ]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    proc = vbatch(str(inp), "-o", str(out), "--max-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "starting vLLM (cpu) for SmolLM2-135M-Instruct" in proc.stderr
+    assert "max_model_len 128" in proc.stderr  # longest chat prompt bound + 8, rounded to 64
+    records = read_jsonl(out)
+    assert sorted(r["id"] for r in records) == ["a", "b"]
+    assert all(r["text"] for r in records)
+    time.sleep(1)
+    assert vllm_processes() <= before, "the launcher left vLLM processes behind"
+
+
+def test_bad_model_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "hi"}])
+    env_model = str(tmp_path / "no-such-model")
+    before = vllm_processes()
+    started = time.monotonic()
+    proc = vbatch(str(inp), "-o", str(tmp_path / "out.jsonl"), "--model", env_model,
+                  "--max-tokens", "4", "--startup-timeout", "300")  # fmt: skip
+    assert proc.returncode == 2
+    assert time.monotonic() - started < 240
+    assert "vLLM exited with code" in proc.stderr
+    assert "command: " in proc.stderr and "vllm.entrypoints.openai.api_server" in proc.stderr
+    assert "--- last lines of the log ---" in proc.stderr
+    assert "no-such-model" in proc.stderr.split("--- last lines of the log ---")[1]
+    assert "Traceback" not in proc.stderr.split("--- last lines of the log ---")[0]
+    assert vllm_processes() <= before
+
+
+def test_port_taken_fails_at_once(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "vbatch", "serve", "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use" in proc.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_fake_server_error_bodies_match_the_real_ones(vllm_server: VllmServer) -> None:
+    """The fake server of the other tests imitates these bodies; hold it to the real thing."""
+    import fakeserver
+
+    cases = []
+    status, real = call(vllm_server, "/v1/completions",
+                        {"model": MODEL, "prompt": "word " * 600, "max_tokens": 4})  # fmt: skip
+    at_least = int(real["error"]["message"].split("at least ")[1].split()[0])
+    message, param = fakeserver.overflow_error(at_least, 4, MAX_MODEL_LEN) or ("", "")
+    cases.append((status, real, fakeserver.error_body(400, message, param)))
+
+    status, real = call(vllm_server, "/v1/chat/completions",
+                        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                         "max_tokens": 4000})  # fmt: skip
+    message, param = fakeserver.overflow_error(5, 4000, MAX_MODEL_LEN) or ("", "")
+    cases.append((status, real, fakeserver.error_body(400, message, param)))
+
+    status, real = call(vllm_server, "/v1/completions", {"model": "nope", "prompt": "hi"})
+    expected = f"The model `nope` does not exist. Valid aliases: {MODEL}."
+    cases.append((status, real, fakeserver.error_body(404, expected, "model")))
+
+    status, real = call(vllm_server, "/v1/completions",
+                        {"model": MODEL, "prompt": "hi", "temperature": -1})  # fmt: skip
+    expected = "temperature must be non-negative, got -1.0. (parameter=temperature, value=-1.0)"
+    cases.append((status, real, fakeserver.error_body(400, expected, "temperature")))
+
+    for status, real_body, fake_body in cases:
+        assert status == fake_body["error"]["code"]
+        assert real_body == fake_body
