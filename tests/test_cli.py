@@ -91,10 +91,11 @@ def test_csv_with_template(server: FakeServer, tmp_path: Path, out: Path) -> Non
     }
 
 
-def test_no_server_exits_2(inp: Path, out: Path) -> None:
-    proc = cli(str(inp), "-o", str(out), "--model", "smol")
+def test_launch_options_need_a_started_server(server: FakeServer, inp: Path, out: Path) -> None:
+    proc = cli(*_args(server, inp, out, "--max-model-len", "512"))
     assert proc.returncode == 2
-    assert "--base-url" in proc.stderr
+    assert "--max-model-len applies only to a server vbatch starts" in proc.stderr
+    assert server.generation_requests == 0
 
 
 # -- bad input and output: exit 2, nothing sent ---------------------------------------------------

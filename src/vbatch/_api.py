@@ -70,7 +70,9 @@ def connect(
     """A dispatcher for the OpenAI-compatible server at ``base_url`` (``.../v1``).
 
     The key defaults to ``$OPENAI_API_KEY``. Use it as ``async with`` and pass it to several
-    ``arun``/``stream`` calls to share one connection pool and one in-flight window.
+    ``arun``/``stream`` calls to share one connection pool and one in-flight window. Without a
+    ``concurrency`` the window adapts to the server's load (vLLM's /metrics), starting at
+    ``DEFAULT_CONCURRENCY``.
     """
     transport = AiohttpTransport(
         base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY"), timeout_s=timeout_s
@@ -78,6 +80,7 @@ def connect(
     return Dispatcher(
         transport,
         concurrency=concurrency or DEFAULT_CONCURRENCY,
+        adaptive=concurrency is None,
         retry=retry or RetryPolicy.default(max_attempts),
         api_prefix=transport.api_prefix,
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ._metrics import ServerLoad, next_window, parse_metrics
 from ._models import CHAT, ErrorInfo, PreparedRequest, Result
 from ._overflow import Overflow, parse_overflow
 from ._retry import RetryPolicy, parse_retry_after
@@ -95,6 +96,8 @@ class Dispatcher:
         retry: RetryPolicy | None = None,
         on_overflow: str = "error",
         api_prefix: str = "/v1",
+        adaptive: bool = False,
+        max_window: int = 4096,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -105,8 +108,15 @@ class Dispatcher:
         self.retry = retry or RetryPolicy.default()
         self.on_overflow = on_overflow
         self.api_prefix = api_prefix
+        # adaptive: follow the server's load (its /metrics) instead of a fixed window.
+        self.adaptive = adaptive
+        self.max_window = max_window
+        self.load: ServerLoad | None = None  # the server's last reported load, when known
+        self.in_flight = 0
         self._queue: asyncio.Queue[_Work | None] | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._retiring = 0
+        self._monitor: asyncio.Task[None] | None = None
         # The server's context size, when known (from /v1/models); lets a reply that the server
         # shortened to fit be marked as clamped.
         self.max_model_len: int | None = None
@@ -126,8 +136,14 @@ class Dispatcher:
         # A queue no longer than the window: feeders block here, so rows are read lazily.
         self._queue = asyncio.Queue(maxsize=self.concurrency)
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+        self._monitor = asyncio.create_task(self._watch_server())
 
     async def aclose(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -136,6 +152,44 @@ class Dispatcher:
         self._workers = []
         self._queue = None
         await self.transport.aclose()
+
+    def resize(self, concurrency: int) -> None:
+        """Change the window while running: new workers start at once, surplus ones leave after
+        their current request."""
+        concurrency = max(1, concurrency)
+        self.concurrency = concurrency
+        if self._queue is None:
+            return
+        live = len(self._workers) - self._retiring
+        if concurrency > live:
+            revived = min(self._retiring, concurrency - live)
+            self._retiring -= revived
+            live += revived
+            new = [asyncio.create_task(self._worker()) for _ in range(concurrency - live)]
+            self._workers += new
+        else:
+            self._retiring += live - concurrency
+
+    async def _watch_server(self, interval_s: float = 1.0) -> None:
+        """Poll the server's /metrics: for the progress display, and to size an adaptive window.
+        A server without vLLM's metrics is simply not watched."""
+        misses = 0
+        while misses < 3:
+            await asyncio.sleep(interval_s)
+            try:
+                response = await self.transport.request("GET", "/metrics")
+                load = parse_metrics(response.content.decode("utf-8", "replace"))
+            except (TransportError, UnicodeDecodeError):
+                load = None
+            if load is None:
+                misses += 1
+                continue
+            misses = 0
+            self.load = load
+            if self.adaptive:
+                window = next_window(self.concurrency, self.in_flight, load, self.max_window)
+                if window != self.concurrency:
+                    self.resize(window)
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -193,6 +247,12 @@ class Dispatcher:
         assert self._queue is not None
         queue = self._queue
         while True:
+            if self._retiring:
+                self._retiring -= 1
+                task = asyncio.current_task()
+                if task in self._workers:
+                    self._workers.remove(task)
+                return
             work = await queue.get()
             assert work is not None
             result = await self.execute(work.request, work.job.stats, work.job.on_overflow)
@@ -227,6 +287,7 @@ class Dispatcher:
             attempt += 1
             retry_after: float | None = None
             error_body: dict[str, Any] | None = None  # the server's error reply, if any
+            self.in_flight += 1
             if stats is not None:
                 stats.in_flight += 1
             try:
@@ -270,6 +331,7 @@ class Dispatcher:
                     retryable = policy.is_retryable_status(response.status)
                     retry_after = parse_retry_after(response.headers)
             finally:
+                self.in_flight -= 1
                 if stats is not None:
                     stats.in_flight -= 1
             delay = policy.next_delay(attempt, clock() - start, retry_after) if retryable else None

