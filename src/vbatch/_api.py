@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ._dispatcher import DEFAULT_CONCURRENCY, Dispatcher
@@ -24,7 +24,7 @@ from ._plan import LaunchPlan, plan_launch
 from ._progress import Progress
 from ._requests import FieldMap
 from ._retry import RetryPolicy
-from ._transport import AiohttpTransport
+from ._transport import AiohttpTransport, ReplicaTransport
 
 __all__ = ["arun", "connect", "make_job", "run", "run_sync", "stream"]
 
@@ -59,7 +59,7 @@ def make_job(input: str, output: str | None = None, **options: Any) -> Job:
 
 
 def connect(
-    base_url: str,
+    base_url: str | Sequence[str],
     *,
     api_key: str | None = None,
     concurrency: int | None = None,
@@ -72,10 +72,14 @@ def connect(
     The key defaults to ``$OPENAI_API_KEY``. Use it as ``async with`` and pass it to several
     ``arun``/``stream`` calls to share one connection pool and one in-flight window. Without a
     ``concurrency`` the window adapts to the server's load (vLLM's /metrics), starting at
-    ``DEFAULT_CONCURRENCY``.
+    ``DEFAULT_CONCURRENCY``. Several URLs (replicas of one model) share the window, each request
+    going to the least busy.
     """
-    transport = AiohttpTransport(
-        base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY"), timeout_s=timeout_s
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    replicas = [AiohttpTransport(url, api_key=key, timeout_s=timeout_s) for url in urls]
+    transport: AiohttpTransport | ReplicaTransport = (
+        replicas[0] if len(replicas) == 1 else ReplicaTransport(replicas)
     )
     return Dispatcher(
         transport,
@@ -92,7 +96,7 @@ async def _session(
     base_url: str | None,
     dispatcher: Dispatcher | None,
     launch: dict[str, Any],
-    on_launch: Callable[[LaunchPlan, VllmServer], None] | None = None,
+    on_launch: Callable[[LaunchPlan, list[VllmServer]], None] | None = None,
     **connect_kw: Any,
 ) -> AsyncIterator[tuple[Job, Dispatcher]]:
     """The dispatcher to run ``job`` with: the one given, one for ``base_url``, or one for a
@@ -111,17 +115,20 @@ async def _session(
     job = dataclasses.replace(
         job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
     )
-    server = VllmServer(plan.spec)
+    servers = [VllmServer(plan.spec) for _ in range(plan.replicas)]
     try:
-        await asyncio.to_thread(server.start)
-        if on_launch is not None:
-            on_launch(plan, server)
-        await asyncio.to_thread(server.wait_healthy)
+        # One after another: vLLM sizes its KV cache from the GPU memory it finds free.
+        for i, server in enumerate(servers):
+            await asyncio.to_thread(server.start)
+            if on_launch is not None and i == 0:
+                on_launch(plan, servers)
+            await asyncio.to_thread(server.wait_healthy)
         connect_kw["concurrency"] = connect_kw.get("concurrency") or plan.concurrency
-        async with connect(server.base_url, **connect_kw) as disp:
+        async with connect([s.base_url for s in servers], **connect_kw) as disp:
             yield job, disp
     finally:
-        await asyncio.to_thread(server.stop)
+        for server in servers:
+            await asyncio.to_thread(server.stop)
 
 
 def _split_launch(options: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +147,7 @@ async def arun(
     concurrency: int | None = None,
     timeout_s: float = 600.0,
     max_attempts: int = 5,
-    on_launch: Callable[[LaunchPlan, VllmServer], None] | None = None,
+    on_launch: Callable[[LaunchPlan, list[VllmServer]], None] | None = None,
     **options: Any,
 ) -> RunSummary:
     """Run a whole job and return its summary.

@@ -70,6 +70,9 @@ def launch_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="GPUs per model replica."),
         click.option("--data-parallel-size", type=click.IntRange(min=1),
                      help="Model replicas behind one server (vLLM's own data parallelism)."),
+        click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="vLLM servers sharing the GPU(s), requests spread by load: for small "
+                          "models whose engine loop (one CPU core each) is the limit."),
         click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
                      help="Share of GPU memory vLLM may take [default: 0.9 on GPU]."),
         click.option("--dtype", help="Model dtype [default on CPU: bfloat16 with AMX or "
@@ -94,7 +97,9 @@ def _launch_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     keys = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "data_parallel_size",
             "gpu_memory_utilization", "dtype")  # fmt: skip
     launch = {k: v for k in keys if (v := options.pop(k, None)) is not None}
-    host, port = options.pop("host"), options.pop("port")
+    host, port, replicas = options.pop("host"), options.pop("port"), options.pop("replicas")
+    if replicas != 1:
+        launch["replicas"] = replicas
     vllm_args, timeout = options.pop("vllm_args"), options.pop("startup_timeout_s")
     if host != "127.0.0.1":
         launch["host"] = host
@@ -107,14 +112,15 @@ def _launch_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     return launch
 
 
-def _announce(plan: LaunchPlan, server: VllmServer) -> None:
+def _announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
     spec = plan.spec
     size = f"max_model_len {spec.max_model_len}" if spec.max_model_len else "the model's context"
-    click.echo(f"vbatch: starting vLLM ({spec.backend}) for {plan.served_model} on "
-               f"{server.root_url}, {size}, window {plan.concurrency}", err=True)  # fmt: skip
+    count = f"{len(servers)} replicas of " if len(servers) > 1 else ""
+    click.echo(f"vbatch: starting {count}vLLM ({spec.backend}) for {plan.served_model} on "
+               f"{servers[0].root_url}, {size}, window {plan.concurrency}", err=True)  # fmt: skip
     for note in plan.notes:
         click.echo(f"vbatch: {note}", err=True)
-    click.echo(f"vbatch: server log: {server.log_path}", err=True)
+    click.echo(f"vbatch: server log: {servers[0].log_path}", err=True)
 
 
 @cli.command("run")
@@ -348,10 +354,12 @@ def serve_command(model: str | None, **options: Any) -> None:
     launch = _launch_kwargs(options)
     try:
         plan = plan_launch(None, model, **launch)
+        if plan.replicas > 1:
+            raise UserError("serve starts one server; run several for replicas")
         server = VllmServer(plan.spec)
         server.start()
         try:
-            _announce(plan, server)
+            _announce(plan, [server])
             server.wait_healthy()
             click.echo(f"vbatch: serving {plan.served_model} at {server.base_url}", err=True)
             click.echo(server.base_url)

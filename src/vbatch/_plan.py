@@ -51,6 +51,7 @@ class LaunchPlan:
     served_model: str
     concurrency: int
     measure: InputMeasure
+    replicas: int = 1  # servers started from ``spec``, each on its own port
     notes: list[str] = field(default_factory=list)
 
 
@@ -138,6 +139,7 @@ def plan_launch(
     host: str = "127.0.0.1",
     port: int = 0,
     startup_timeout_s: float = 900.0,
+    replicas: int = 1,
     backend: str | None = None,
 ) -> LaunchPlan:
     """Decide how to start vLLM for ``job`` (None: no data to size for); converts the embedded
@@ -176,7 +178,8 @@ def plan_launch(
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
         seqs = max_num_seqs or CPU_MAX_NUM_SEQS
     else:
-        gpu_memory_utilization = gpu_memory_utilization or 0.9
+        # Replicas share the GPU: each gets its part of the memory.
+        gpu_memory_utilization = round((gpu_memory_utilization or 0.9) / replicas, 3)
         seqs = max_num_seqs or GPU_MAX_NUM_SEQS
     spec = ServerSpec(
         model=model_arg,
@@ -195,4 +198,7 @@ def plan_launch(
         env=env,
         startup_timeout_s=startup_timeout_s,
     )
-    return LaunchPlan(spec, served, concurrency or 2 * seqs, measure, notes)
+    if replicas > 1 and port:
+        raise ValueError("--port names one port; replicas each take a free one")
+    window = concurrency or 2 * seqs * replicas
+    return LaunchPlan(spec, served, window, measure, replicas, notes)

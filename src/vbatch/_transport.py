@@ -5,6 +5,7 @@ function, for tests, in the manner of httpx's.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import aiohttp
 __all__ = [
     "AiohttpTransport",
     "MockTransport",
+    "ReplicaTransport",
     "Response",
     "Transport",
     "TransportError",
@@ -113,6 +115,43 @@ class AiohttpTransport:
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+class ReplicaTransport:
+    """Several servers of the same model behind one transport: each generation request goes to
+    the replica with the fewest requests in flight; ``/metrics`` reads all of them (their lines
+    concatenated, so the load sums); other calls go to the first."""
+
+    def __init__(self, transports: list[AiohttpTransport]) -> None:
+        if not transports:
+            raise ValueError("at least one transport")
+        self.transports = transports
+        self.api_prefix = transports[0].api_prefix
+        self._in_flight = [0] * len(transports)
+
+    def __repr__(self) -> str:
+        return f"ReplicaTransport({', '.join(map(repr, self.transports))})"
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> Response:
+        if path == "/metrics":
+            replies = await asyncio.gather(
+                *(t.request(method, path, body) for t in self.transports), return_exceptions=True
+            )
+            texts = [r.content for r in replies if isinstance(r, Response) and r.status == 200]
+            return Response(200 if texts else 503, b"\n".join(texts))
+        if method != "POST" or path == "/tokenize":
+            return await self.transports[0].request(method, path, body)
+        counts = self._in_flight
+        i = counts.index(min(counts))
+        counts[i] += 1
+        try:
+            return await self.transports[i].request(method, path, body)
+        finally:
+            counts[i] -= 1
+
+    async def aclose(self) -> None:
+        for transport in self.transports:
+            await transport.aclose()
 
 
 Handler = Callable[[str, str, bytes | None], "Response | Awaitable[Response]"]
