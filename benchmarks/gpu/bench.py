@@ -1,0 +1,190 @@
+"""GPU benchmark: vbatch against vLLM's offline engine and the seed recipe, side by side.
+
+Runs ON the GPU machine (see run_*.sh beside this file and docs/benchmarks.md). Each case
+appends one JSON line to --out: case, model, max_tokens, n, wall_s, out_tok_s, req_s,
+client_cpu_s (+ details). The prompts are the baseline's (shared/gpu/baseline/prompts.py, same
+seed), written once as a vbatch JSONL input.
+
+  prompts          write the input file
+  offline          vllm.LLM(...).generate over the prompts (engine settings as JSON)
+  server           start vLLM's OpenAI server in its own session (it outlives this command)
+  seed             the seed recipe (openai client + Semaphore + gather) against --url
+  vbatch           `vbatch run` against --url (its default, adaptive window)
+  vbatch-launch    `vbatch run --model ...`: vbatch starts and sizes vLLM itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+IGNORE_EOS = {"ignore_eos": True, "temperature": 0}
+
+
+def record(out: str, **kw: Any) -> None:
+    line = json.dumps(kw)
+    print("RESULT " + line, flush=True)
+    with open(out, "a") as f:
+        f.write(line + "\n")
+
+
+def run_child(cmd: list[str], timeout: float) -> tuple[float, float, str]:
+    """(wall s, CPU s of the child alone, stdout); stderr passes through."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {out[-2000:]}")
+    return wall, 0.0, out
+
+
+def cmd_prompts(a: argparse.Namespace) -> None:
+    sys.path.insert(0, a.baseline)
+    from prompts import make_prompts
+
+    with open(a.input, "w") as f:
+        for i, p in enumerate(make_prompts(a.n)):
+            f.write(json.dumps({"id": i, "prompt": p}) + "\n")
+
+
+def cmd_offline(a: argparse.Namespace) -> None:
+    sys.path.insert(0, a.baseline)
+    import vllm
+    from prompts import make_prompts
+    from vllm import LLM, SamplingParams
+
+    engine = json.loads(a.engine)
+    t0 = time.perf_counter()
+    llm = LLM(model=a.model, seed=0, load_format="dummy", **engine)
+    startup = time.perf_counter() - t0
+    sp = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0)
+    prompts = make_prompts(a.n)
+    llm.generate(prompts[:256], sp, use_tqdm=False)  # warm-up, not timed
+    t0, c0 = time.perf_counter(), time.process_time()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    record(a.out, case=a.case, model=a.label, max_tokens=a.max_tokens, n=len(outs),
+           wall_s=round(wall, 2), out_tok_s=round(tokens / wall, 1),
+           req_s=round(len(outs) / wall, 2), client_cpu_s=None,
+           frontend_cpu_s=round(time.process_time() - c0, 2), startup_s=round(startup, 1),
+           engine=engine, vllm=vllm.__version__)  # fmt: skip
+
+
+def wait_health(url: str, pid: int, timeout: float) -> float:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                return time.time() - t0
+        except OSError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            raise SystemExit("server died") from None
+        time.sleep(1)
+    raise SystemExit("server not healthy in time")
+
+
+def cmd_server(a: argparse.Namespace) -> None:
+    engine = json.loads(a.engine)
+    args = []
+    for k, v in engine.items():
+        flag = "--" + k.replace("_", "-")
+        args += [flag] if v is True else ([f"--no-{flag[2:]}"] if v is False else [flag, str(v)])
+    log = open(a.log, "ab")  # noqa: SIM115 - the server keeps it after we exit
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", a.model,
+         "--served-model-name", a.label, "--host", "127.0.0.1", "--port", str(a.port),
+         "--load-format", "dummy", *args],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    took = wait_health(f"http://127.0.0.1:{a.port}", proc.pid, a.timeout)
+    print(f"server {a.label} healthy after {took:.0f}s (pid {proc.pid})", flush=True)
+
+
+def _client_record(a: argparse.Namespace, wall: float, stats: dict[str, Any], **kw: Any) -> None:
+    tokens = stats["tokens"]
+    record(a.out, case=a.case, model=a.label, max_tokens=a.max_tokens, n=stats["n"],
+           wall_s=round(wall, 2), out_tok_s=round(tokens / wall, 1),
+           req_s=round(stats["n"] / wall, 2), client_cpu_s=stats["cpu_s"],
+           client_cpu_ms_per_req=round(1000 * stats["cpu_s"] / stats["n"], 3), **kw)  # fmt: skip
+
+
+def cmd_seed(a: argparse.Namespace) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "reference_clients.py"), "seed", a.input,
+           a.url, str(a.concurrency), "--model", a.label, "--max-tokens", str(a.max_tokens),
+           "--extra", json.dumps(IGNORE_EOS)]  # fmt: skip
+    _, _, out = run_child(cmd, a.timeout)
+    stats = json.loads(out.strip().splitlines()[-1])
+    _client_record(a, stats["wall_s"], stats, concurrency=a.concurrency)
+
+
+def _vbatch(a: argparse.Namespace, *extra: str) -> None:
+    out = Path(a.workdir) / f"{a.case}.jsonl"
+    metrics = Path(a.workdir) / f"{a.case}.metrics.json"
+    cmd = [sys.executable, "-m", "vbatch", "run", a.input, "-o", str(out), "--overwrite",
+           "--max-tokens", str(a.max_tokens), "--temperature", "0",
+           "--extra-body", json.dumps({"ignore_eos": True}), "--metrics-json", str(metrics),
+           *extra]  # fmt: skip
+    total, _, _ = run_child(cmd, a.timeout)
+    m = json.loads(metrics.read_text())
+    assert m["ok"] == m["total"], m
+    stats = {"n": m["done"], "tokens": m["completion_tokens"], "cpu_s": m["client_cpu_s"]}
+    _client_record(a, m["wall_s"], stats, total_wall_s=round(total, 1),
+                   startup_s=round(total - m["wall_s"], 1), args=list(extra))  # fmt: skip
+
+
+def cmd_vbatch(a: argparse.Namespace) -> None:
+    _vbatch(a, "--base-url", a.url + "/v1", "--model", a.label, "--quiet")
+
+
+def cmd_vbatch_launch(a: argparse.Namespace) -> None:
+    _vbatch(a, "--model", a.model, "--vllm-arg=--load-format=dummy", "--quiet", *a.vbatch_args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["prompts", "offline", "server", "seed", "vbatch",
+                                        "vbatch-launch"])  # fmt: skip
+    ap.add_argument("--case", default="")
+    ap.add_argument("--label", default="smol")
+    ap.add_argument("--model", default="/root/models/smol")
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--input", default="/root/bench/prompts.jsonl")
+    ap.add_argument("--baseline", default=str(ROOT / ".gpu" / "gpu" / "baseline"))
+    ap.add_argument("--engine", default="{}")
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--log", default="/root/logs/server.log")
+    ap.add_argument("--concurrency", type=int, default=500)
+    ap.add_argument("--timeout", type=float, default=560)
+    ap.add_argument("--workdir", default="/root/bench")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "results.jsonl"))
+    ap.add_argument("vbatch_args", nargs="*")
+    a = ap.parse_args()
+    Path(a.workdir).mkdir(parents=True, exist_ok=True)
+    Path(a.log).parent.mkdir(parents=True, exist_ok=True)
+    a.case = a.case or a.command
+    {"prompts": cmd_prompts, "offline": cmd_offline, "server": cmd_server, "seed": cmd_seed,
+     "vbatch": cmd_vbatch, "vbatch-launch": cmd_vbatch_launch}[a.command](a)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
