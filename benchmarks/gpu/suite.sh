@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# ON THE GPU MACHINE, from the project root, after .gpu/gpu/unpack_on_gpu.sh.
+#   usage: bash benchmarks/gpu/suite.sh LABEL STEP...
+# Steps (run in the order given; results -> $OUT/results.jsonl):
+#   offline          LLM.generate with the baseline's engine settings (vLLM's server defaults)
+#   server           start vLLM's server with those settings on :8000 (outlives the command)
+#   seed             the seed recipe, Semaphore(500), against it
+#   vbatch           vbatch run against it (default, adaptive window)
+#   seed16 vbatch16  the same two with max_tokens 16
+#   stop             stop the server on :8000
+#   launch           vbatch run --model ... (vbatch starts vLLM with its batch settings)
+#   launch-rN        the same with N replicas on the one GPU
+set -u
+source benchmarks/gpu/env.sh
+label=$1; shift
+B="python3 benchmarks/gpu/bench.py --label $label --model /root/models/$label --out $OUT/results.jsonl"
+ENGINE='{"max_num_seqs":1024,"max_num_batched_tokens":8192,"max_model_len":2048,"enable_prefix_caching":false}'
+[ -f /root/bench/prompts.jsonl ] || $B prompts
+for step in "$@"; do
+  echo "== $step at ${SECONDS}s"
+  case $step in
+    offline) $B offline --case offline_default --engine "$ENGINE" > /root/logs/offline_$label.log 2>&1 || tail -40 /root/logs/offline_$label.log;;
+    server) $B server --engine "$ENGINE" --log /root/logs/server_$label.log || tail -40 /root/logs/server_$label.log;;
+    seed) $B seed --case seed_sem500;;
+    vbatch) $B vbatch --case vbatch_server_default;;
+    seed16) $B seed --case seed_sem500 --max-tokens 16;;
+    vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
+    stop) bash .gpu/gpu/baseline/stop_server.sh;;
+    launch) $B vbatch-launch --case vbatch_launch;;
+    launch-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch-r} -- --replicas ${step#launch-r};;
+  esac
+done
+echo "== done at ${SECONDS}s"
+cp /root/logs/*.log $OUT/ 2>/dev/null; ls $OUT
