@@ -128,7 +128,7 @@ def _client_record(a: argparse.Namespace, wall: float, stats: dict[str, Any], **
 
 def cmd_seed(a: argparse.Namespace) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "reference_clients.py"), "seed", a.input,
-           a.url, str(a.concurrency), "--model", a.label, "--max-tokens", str(a.max_tokens),
+           a.url + "/v1", str(a.concurrency), "--model", a.label, "--max-tokens", str(a.max_tokens),
            "--extra", json.dumps(IGNORE_EOS)]  # fmt: skip
     _, _, out = run_child(cmd, a.timeout)
     stats = json.loads(out.strip().splitlines()[-1])
@@ -155,7 +155,8 @@ def cmd_vbatch(a: argparse.Namespace) -> None:
 
 
 def cmd_vbatch_launch(a: argparse.Namespace) -> None:
-    _vbatch(a, "--model", a.model, "--vllm-arg=--load-format=dummy", "--quiet", *a.vbatch_args)
+    _vbatch(a, "--model", a.model, "--vllm-arg=--load-format=dummy", "--quiet",
+            *a.vbatch_args.split())  # fmt: skip
 
 
 def main() -> None:
@@ -177,7 +178,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=560)
     ap.add_argument("--workdir", default="/root/bench")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "results.jsonl"))
-    ap.add_argument("vbatch_args", nargs="*")
+    ap.add_argument("--vbatch-args", default="", help="more `vbatch run` flags, one string")
     a = ap.parse_args()
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ for step in "$@"; do
     vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
     stop) bash .gpu/gpu/baseline/stop_server.sh;;
     launch) $B vbatch-launch --case vbatch_launch;;
-    launch-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch-r} -- --replicas ${step#launch-r};;
+    launch-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch-r} --vbatch-args="--replicas ${step#launch-r}";;
+    launch-api2) $B vbatch-launch --case vbatch_launch_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
   esac
 done
 echo "== done at ${SECONDS}s"
