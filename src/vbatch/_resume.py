@@ -3,12 +3,13 @@ which ids an earlier run finished (dropping a torn last line left by a crash).""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -56,12 +57,14 @@ class OutputState:
     resumed: bool = False
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+@contextlib.contextmanager
+def _replacing(path: str) -> Iterator[BinaryIO]:
+    """A file that replaces ``path`` whole (fsync + rename) when the block ends without error."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vbatch-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,6 +72,11 @@ def _atomic_write(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    with _replacing(path) as f:
+        f.write(data)
 
 
 def ids_path(output: str) -> str:
@@ -220,20 +228,10 @@ def _scan(output: str, retry_failed: bool) -> OutputState:
 
 def _drop_failed(output: str) -> None:
     """Rewrite the output without its error records, atomically (they are about to be redone)."""
-    folder = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vbatch-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as dst, open(output, "rb") as src:
-            for line in src:
-                if read_record_status(orjson.loads(line))[1]:
-                    dst.write(line)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _replacing(output) as dst, open(output, "rb") as src:
+        for line in src:
+            if read_record_status(orjson.loads(line))[1]:
+                dst.write(line)
 
 
 def pending_mask(input_digests: np.ndarray, done: np.ndarray) -> np.ndarray:
