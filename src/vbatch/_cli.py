@@ -17,6 +17,7 @@ from ._dispatcher import DEFAULT_CONCURRENCY, OVERFLOW_POLICIES
 from ._errors import VbatchError
 from ._job import ORDERS, RunSummary
 from ._launcher import VllmServer
+from ._parquet import write_parquet
 from ._plan import LaunchPlan, plan_launch
 from ._progress import choose_progress
 from ._requests import ENDPOINT_MODES
@@ -269,6 +270,13 @@ def _announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
     metavar="PATH",
     help="Write the run's summary as JSON.",
 )
+@click.option(
+    "--parquet",
+    "parquet_path",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Also write the results as Parquet when the run is over (typed, flat columns).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
 @launch_options
 def run_command(
@@ -280,6 +288,7 @@ def run_command(
     timeout_s: float,
     max_attempts: int,
     metrics_json: str | None,
+    parquet_path: str | None,
     quiet: bool,
     extra_body: dict[str, Any],
     stop: tuple[str, ...],
@@ -305,8 +314,9 @@ def run_command(
     if base_url and launch:
         flag = "--" + next(iter(launch)).replace("_", "-")
         raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
-    if metrics_json:
-        _check_writable(metrics_json)
+    for side_file in (metrics_json, parquet_path):
+        if side_file:
+            _check_writable(side_file)
     options = {k: v for k, v in options.items() if v is not None}
     if stop:
         options["stop"] = stop
@@ -336,6 +346,13 @@ def run_command(
                 f.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
         except OSError as exc:
             click.echo(f"vbatch: error: cannot write {metrics_json}: {exc.strerror}", err=True)
+    if parquet_path and not summary.interrupted:
+        try:
+            rows = write_parquet(output, parquet_path)
+        except (OSError, VbatchError) as exc:
+            raise UserError(f"cannot write {parquet_path}: {exc}") from None
+        if not quiet:
+            click.echo(f"vbatch: {rows:,} rows also in {parquet_path}", err=True)
     if not quiet:
         _print_summary(summary)
     sys.exit(summary.exit_code)
