@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 
 from vbatch import Dispatcher, MockTransport, PreparedRequest, Response
-from vbatch._metrics import ServerLoad, next_window, parse_metrics
+from vbatch._metrics import ServerLoad, WindowController, next_window, parse_metrics
 from vbatch._models import COMPLETIONS
 
 # As vLLM 0.32 prints them (two engines here, to check they are summed).
@@ -71,3 +72,33 @@ async def test_resize_changes_the_number_in_flight() -> None:
     assert len(results) == 200
     assert peak == 10
     assert len(d._workers) == 0  # closed
+
+
+def _simulate(rate_at: Callable[[int], float], seconds: int, max_num_seqs: int = 1024) -> list[int]:
+    """Drive a WindowController against a modelled server, one tick a second; the windows."""
+    ctl = WindowController(256, 4096, settle_s=10.0, tolerance=0.05, cooldown_s=60.0)
+    tokens, windows = 0.0, []
+    for now in range(seconds):
+        window = ctl.window
+        load = ServerLoad(running=min(window, max_num_seqs), waiting=max(0, window - max_num_seqs))
+        tokens += rate_at(window)
+        windows.append(ctl.update(float(now), int(tokens), window, load))
+    return windows
+
+
+def test_controller_keeps_growing_while_throughput_follows() -> None:
+    # A server whose throughput rises with the batch up to its max_num_seqs (1024).
+    windows = _simulate(lambda w: 30.0 * min(w, 1024), 200)
+    assert 1024 <= windows[-1] <= 1024 + 2 * 256  # full batch plus a small queue
+
+
+def test_controller_backs_off_a_growth_that_cost_throughput() -> None:
+    # As seen on the H200: past ~500 in flight each step slows (no CUDA graph above 512).
+    def rate(w: int) -> float:
+        return 60.0 * w if w <= 512 else 30720.0 - 30.0 * (min(w, 1024) - 512)
+
+    windows = _simulate(rate, 600)
+    assert max(windows) > 576  # it did probe beyond the knee...
+    late = windows[-300:]
+    assert sum(w <= 640 for w in late) >= 0.8 * len(late), late[::10]  # ...and stays near it
+    assert min(late) >= 384

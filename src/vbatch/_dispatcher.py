@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ._metrics import ServerLoad, next_window, parse_metrics
+from ._metrics import ServerLoad, WindowController, parse_metrics
 from ._models import CHAT, ErrorInfo, PreparedRequest, Result
 from ._overflow import Overflow, parse_overflow
 from ._retry import RetryPolicy, parse_retry_after
@@ -98,6 +98,8 @@ class Dispatcher:
         api_prefix: str = "/v1",
         adaptive: bool = False,
         max_window: int = 4096,
+        monitor_interval_s: float = 1.0,
+        controller: WindowController | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -110,9 +112,11 @@ class Dispatcher:
         self.api_prefix = api_prefix
         # adaptive: follow the server's load (its /metrics) instead of a fixed window.
         self.adaptive = adaptive
-        self.max_window = max_window
+        self.controller = controller or WindowController(concurrency, max_window)
+        self.monitor_interval_s = monitor_interval_s
         self.load: ServerLoad | None = None  # the server's last reported load, when known
         self.in_flight = 0
+        self.output_tokens = 0  # received over all jobs, for the adaptive window
         self._queue: asyncio.Queue[_Work | None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._retiring = 0
@@ -170,12 +174,13 @@ class Dispatcher:
         else:
             self._retiring += live - concurrency
 
-    async def _watch_server(self, interval_s: float = 1.0) -> None:
+    async def _watch_server(self) -> None:
         """Poll the server's /metrics: for the progress display, and to size an adaptive window.
         A server without vLLM's metrics is simply not watched."""
         misses = 0
+        loop = asyncio.get_running_loop()
         while misses < 3:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self.monitor_interval_s)
             try:
                 response = await self.transport.request("GET", "/metrics")
                 load = parse_metrics(response.content.decode("utf-8", "replace"))
@@ -187,7 +192,9 @@ class Dispatcher:
             misses = 0
             self.load = load
             if self.adaptive:
-                window = next_window(self.concurrency, self.in_flight, load, self.max_window)
+                window = self.controller.update(
+                    loop.time(), self.output_tokens, self.in_flight, load
+                )
                 if window != self.concurrency:
                     self.resize(window)
 
@@ -262,6 +269,7 @@ class Dispatcher:
                 stats.ok += 1
                 stats.prompt_tokens += result.prompt_tokens
                 stats.completion_tokens += result.completion_tokens
+                self.output_tokens += result.completion_tokens
             else:
                 stats.failed += 1
             if result.clamped_max_tokens is not None:

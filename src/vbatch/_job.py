@@ -171,9 +171,8 @@ async def iter_results(
             sink.close()
 
 
-async def _flush_periodically(sink: JsonlSink | None, interval_s: float = 0.2) -> None:
+async def _flush_periodically(sink: JsonlSink, interval_s: float = 0.2) -> None:
     # Results that trickle in slowly still reach the file within interval_s.
-    assert sink is not None
     while True:
         await asyncio.sleep(interval_s)
         sink.flush()
