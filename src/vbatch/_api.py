@@ -97,6 +97,7 @@ async def _session(
     dispatcher: Dispatcher | None,
     launch: dict[str, Any],
     on_launch: Callable[[LaunchPlan, list[VllmServer]], None] | None = None,
+    stop: asyncio.Event | None = None,
     **connect_kw: Any,
 ) -> AsyncIterator[tuple[Job, Dispatcher]]:
     """The dispatcher to run ``job`` with: the one given, one for ``base_url``, or one for a
@@ -122,7 +123,11 @@ async def _session(
             await asyncio.to_thread(server.start)
             if on_launch is not None and i == 0:
                 on_launch(plan, servers)
-            await asyncio.to_thread(server.wait_healthy)
+            while not await asyncio.to_thread(server.healthy):
+                if stop is not None and stop.is_set():
+                    # Ctrl-C while vLLM starts: stop it (below) and end as interrupted.
+                    raise KeyboardInterrupt
+                await asyncio.sleep(0.5)
         connect_kw["concurrency"] = connect_kw.get("concurrency") or plan.concurrency
         async with connect([s.base_url for s in servers], **connect_kw) as disp:
             yield job, disp
@@ -159,7 +164,7 @@ async def arun(
     """
     launch = _split_launch(options)
     job = make_job(input, output, **options)
-    async with _session(job, base_url, dispatcher, launch, on_launch, api_key=api_key,
+    async with _session(job, base_url, dispatcher, launch, on_launch, stop, api_key=api_key,
                         concurrency=concurrency, timeout_s=timeout_s,
                         max_attempts=max_attempts) as (job, disp):  # fmt: skip
         return await run_job(job, disp, progress, stop)

@@ -154,6 +154,7 @@ class VllmServer:
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.command: list[str] = []
+        self.started_at = 0.0
 
     @property
     def root_url(self) -> str:
@@ -188,6 +189,7 @@ class VllmServer:
         env = {**os.environ, **spec.env}
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        self.started_at = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"$ {shlex.join(self.command)}\n".encode())
             log.flush()
@@ -215,26 +217,27 @@ class VllmServer:
             f"--- last lines of the log ---\n{self.log_tail()}"
         )
 
-    def wait_healthy(self, poll_s: float = 0.5) -> None:
-        """Block until GET /health answers 200; raise if the process dies or time runs out."""
+    def healthy(self) -> bool:
+        """One look: True once GET /health answers 200; raises if the process died or the
+        start-up deadline passed (stopping what is left of it)."""
         assert self.proc is not None, "start() first"
-        deadline = time.monotonic() + self.spec.startup_timeout_s
-        url = self.root_url + "/health"
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise self._failure(f"vLLM exited with code {code} before it was ready")
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(url, timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise self._failure(
-                    f"vLLM was not healthy within {self.spec.startup_timeout_s:.0f}s"
-                )
+        code = self.proc.poll()
+        if code is not None:
+            raise self._failure(f"vLLM exited with code {code} before it was ready")
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(self.root_url + "/health", timeout=2) as resp,
+        ):
+            if resp.status == 200:
+                return True
+        if time.monotonic() - self.started_at > self.spec.startup_timeout_s:
+            self.stop()
+            raise self._failure(f"vLLM was not healthy within {self.spec.startup_timeout_s:.0f}s")
+        return False
+
+    def wait_healthy(self, poll_s: float = 0.5) -> None:
+        """Block until the server is healthy; raise if the process dies or time runs out."""
+        while not self.healthy():
             time.sleep(poll_s)
 
     @property

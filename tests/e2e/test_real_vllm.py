@@ -261,3 +261,24 @@ def test_fake_server_error_bodies_match_the_real_ones(vllm_server: VllmServer) -
     for status, real_body, fake_body in cases:
         assert status == fake_body["error"]["code"]
         assert real_body == fake_body
+
+
+def test_ctrl_c_while_vllm_starts_stops_it_at_once(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "hi"}])
+    before = vllm_processes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(tmp_path / "out.jsonl"),
+         "--max-tokens", "4"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait until the server has been started
+        if "server log:" in line:
+            break
+    time.sleep(2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert time.monotonic() - started < 45  # not after vLLM finished starting
+    time.sleep(1)
+    assert vllm_processes() <= before
