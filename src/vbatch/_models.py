@@ -50,8 +50,7 @@ class PreparedRequest:
     id: str | int  # the row's id as given (an int stays an int in the output)
     endpoint: str  # COMPLETIONS or CHAT, relative to the base URL
     body: dict[str, Any]
-    # The OpenAI Batch line's own "url", echoed in nothing but kept to validate the endpoint.
-    batch_line: bool = False
+    batch_line: bool = False  # built from an OpenAI Batch line (the output follows the file's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,6 @@ class Result:
     latency_s: float
     request_id: str | None = None
     clamped_max_tokens: int | None = None
-    batch_line: bool = False
 
     @property
     def ok(self) -> bool:

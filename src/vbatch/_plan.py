@@ -171,8 +171,11 @@ def plan_launch(
                 notes.append(f"longest row needs {measure.max_needed_tokens} tokens; capped at "
                               f"the model's {cap} (rows beyond follow --on-overflow)")  # fmt: skip
                 max_model_len = cap
+    if replicas > 1 and port:
+        raise ValueError("--port names one port; replicas each take a free one")
     env: dict[str, str] = {}
     enforce_eager = False
+    batched_tokens: int | None = None
     if backend == "cpu":
         # On CPU: no CUDA graphs to capture (start-up drops from minutes to under a minute),
         # float32 unless the CPU has native bf16, and a KV cache that fits in RAM.
@@ -185,10 +188,9 @@ def plan_launch(
         # Replicas share the GPU: each gets its part of the memory.
         gpu_memory_utilization = round((gpu_memory_utilization or 0.9) / replicas, 3)
         seqs = max_num_seqs or GPU_MAX_NUM_SEQS
-        # vllm_args come after these on the command line, so the user's own flags win.
-        batch_args = ["--max-num-batched-tokens", str(GPU_MAX_NUM_BATCHED_TOKENS),
-                      "--max-cudagraph-capture-size", str(seqs)]  # fmt: skip
-        vllm_args = (*batch_args, *vllm_args)
+        batched_tokens = GPU_MAX_NUM_BATCHED_TOKENS
+        # vllm_args come last on the command line, so the user's own flags win over these.
+        vllm_args = ("--max-cudagraph-capture-size", str(seqs), *vllm_args)
     spec = ServerSpec(
         model=model_arg,
         backend=backend,
@@ -198,6 +200,7 @@ def plan_launch(
         max_model_len=max_model_len,
         dtype=dtype,
         max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=batched_tokens,
         tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,
@@ -206,7 +209,5 @@ def plan_launch(
         env=env,
         startup_timeout_s=startup_timeout_s,
     )
-    if replicas > 1 and port:
-        raise ValueError("--port names one port; replicas each take a free one")
     window = concurrency or 2 * seqs * replicas
     return LaunchPlan(spec, served, window, measure, replicas, notes)

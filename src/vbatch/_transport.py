@@ -58,9 +58,8 @@ def split_base_url(base_url: str) -> tuple[str, str]:
     url = base_url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"base URL must start with http:// or https://, got {base_url!r}")
-    for suffix in ("/v1",):
-        if url.endswith(suffix):
-            return url[: -len(suffix)], suffix
+    if url.endswith("/v1"):
+        return url[: -len("/v1")], "/v1"
     return url, "/v1"
 
 
