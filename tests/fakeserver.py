@@ -252,6 +252,7 @@ class FakeServer:
             self.generation_requests = 0
             self.in_flight = 0
             self.peak_in_flight = 0
+            self.generation_tokens = 0  # as vLLM's vllm:generation_tokens_total counts them
             self.attempts: Counter[str] = Counter()  # generation requests per row key
             self.bodies: list[dict[str, Any]] = []  # generation request bodies, in arrival order
             self.auth_headers: set[str] = set()
@@ -344,6 +345,9 @@ class FakeServer:
             "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
             "# TYPE vllm:num_requests_waiting gauge\n"
             f"vllm:num_requests_waiting{labels} {float(waiting)}\n"
+            "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
+            "# TYPE vllm:generation_tokens_total counter\n"
+            f"vllm:generation_tokens_total{labels} {float(self.generation_tokens)}\n"
         )
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
@@ -496,6 +500,7 @@ class FakeServer:
             "completion_tokens": n * completion_tokens,
             "prompt_tokens_details": None,
         }
+        self.generation_tokens += n * completion_tokens
         created = int(time.time())
         if chat:
             choices: list[dict[str, Any]] = [

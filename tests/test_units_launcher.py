@@ -11,9 +11,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vbatch import make_job
+from vbatch import _plan, make_job
 from vbatch._launcher import LaunchError, ServerSpec, VllmServer, detect_backend
-from vbatch._plan import CHAT_OVERHEAD_TOKENS, CHAT_TOKENS_PER_MESSAGE, measure_input, plan_launch
+from vbatch._plan import (
+    CHAT_OVERHEAD_TOKENS,
+    CHAT_TOKENS_PER_MESSAGE,
+    kv_bytes_per_token,
+    measure_input,
+    plan_launch,
+)
 
 # A stand-in for vLLM's API server: forks a child (as vLLM forks its engine), then either
 # serves /health or dies, as told.
@@ -157,3 +163,47 @@ def test_vllm_cpu_needs_a_kv_cache_size(tmp_path: Path) -> None:
     plan = plan_launch(None, str(model), backend="cpu")
     assert plan.spec.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert plan.spec.max_model_len is None  # nothing to size for: the model's own
+
+
+SMOL_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 30, "hidden_size": 576,
+              "num_attention_heads": 9, "num_key_value_heads": 3}  # fmt: skip
+
+
+def test_kv_bytes_per_token_of_plain_decoders_only() -> None:
+    assert kv_bytes_per_token(SMOL_SHAPE) == 2 * 30 * 3 * 64 * 2  # head_dim from hidden/heads
+    assert kv_bytes_per_token({**SMOL_SHAPE, "head_dim": 128}) == 2 * 30 * 3 * 128 * 2
+    assert kv_bytes_per_token({**SMOL_SHAPE, "kv_lora_rank": 512}) is None  # MLA
+    assert kv_bytes_per_token({"text_config": SMOL_SHAPE}) is None
+
+
+def test_gpu_replicas_with_a_fixed_kv_cache_start_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(SMOL_SHAPE))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "x" * 400, "max_tokens": 100}) + "\n")
+    job = make_job(str(inp))
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 120 * 2**30)
+    plan = plan_launch(job, str(model), backend="gpu", replicas=2)
+    assert plan.spec.max_model_len == 512
+    assert plan.spec.gpu_memory_utilization == 0.45
+    need = 1024 * 512 * kv_bytes_per_token(SMOL_SHAPE)  # the full batch at max_model_len
+    args = list(plan.spec.extra_args)
+    assert int(args[args.index("--kv-cache-memory-bytes") + 1]) == 2 * need
+    assert plan.start_together and plan.concurrency == 2 * 1024 * 2
+    # Twice the batch would take more than half the share: capped there.
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 80 * 2**30)
+    plan = plan_launch(job, str(model), backend="gpu", replicas=2)
+    args = list(plan.spec.extra_args)
+    assert int(args[args.index("--kv-cache-memory-bytes") + 1]) == int(0.45 * 80 * 2**30 / 2)
+    # A batch whose cache would not fit in half a replica's share: vLLM sizes it, one by one.
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 40 * 2**30)
+    plan = plan_launch(job, str(model), backend="gpu", replicas=2)
+    assert "--kv-cache-memory-bytes" not in plan.spec.extra_args and not plan.start_together
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: None)
+    assert not plan_launch(job, str(model), backend="gpu", replicas=2).start_together
+    # One server sizes its own cache.
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 80 * 2**30)
+    assert not plan_launch(job, str(model), backend="gpu").start_together

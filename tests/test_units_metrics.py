@@ -20,11 +20,18 @@ vllm:num_requests_waiting{engine="0",model_name="smol"} 40.0
 vllm:num_requests_waiting_by_reason{engine="0",model_name="smol",reason="capacity"} 40.0
 vllm:kv_cache_usage_perc{engine="0",model_name="smol"} 0.5
 vllm:kv_cache_usage_perc{engine="1",model_name="smol"} 0.25
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="smol"} 1000.0
+vllm:generation_tokens_total{engine="1",model_name="smol"} 24.0
+vllm:generation_tokens_created{engine="0",model_name="smol"} 1.7e+09
 """
 
 
 def test_parse_metrics_sums_engines() -> None:
-    assert parse_metrics(METRICS) == ServerLoad(running=256, waiting=40, kv_cache_usage=0.5)
+    assert parse_metrics(METRICS) == ServerLoad(
+        running=256, waiting=40, kv_cache_usage=0.5, generation_tokens=1024.0
+    )
     assert parse_metrics("# nothing from vLLM\nhttp_requests_total 3\n") is None
 
 
@@ -74,22 +81,29 @@ async def test_resize_changes_the_number_in_flight() -> None:
     assert len(d._workers) == 0  # closed
 
 
-def _simulate(rate_at: Callable[[int], float], seconds: int, max_num_seqs: int = 1024) -> list[int]:
+def _simulate(
+    rate_at: Callable[[int], float], seconds: int, max_num_seqs: int = 1024
+) -> tuple[list[int], WindowController]:
     """Drive a WindowController against a modelled server, one tick a second; the windows."""
-    ctl = WindowController(256, 4096, settle_s=10.0, tolerance=0.05, cooldown_s=60.0)
+    ctl = WindowController(256, 4096, settle_s=4.0, tolerance=0.05, cooldown_s=60.0)
     tokens, windows = 0.0, []
     for now in range(seconds):
         window = ctl.window
         load = ServerLoad(running=min(window, max_num_seqs), waiting=max(0, window - max_num_seqs))
         tokens += rate_at(window)
-        windows.append(ctl.update(float(now), int(tokens), window, load))
-    return windows
+        windows.append(ctl.update(100.0 + now, tokens, window, load))
+    return windows, ctl
 
 
 def test_controller_keeps_growing_while_throughput_follows() -> None:
     # A server whose throughput rises with the batch up to its max_num_seqs (1024).
-    windows = _simulate(lambda w: 30.0 * min(w, 1024), 200)
+    windows, ctl = _simulate(lambda w: 30.0 * min(w, 1024), 200)
     assert 1024 <= windows[-1] <= 1024 + 2 * 256  # full batch plus a small queue
+    # It got there within seconds: 256 -> 384 -> 576 -> 864 -> 1296, one step per 4 s settle.
+    assert windows[20] >= 1024
+    assert ctl.history[0] == (0.0, 256, 0.0)
+    assert [w for _, w, _ in ctl.history][:5] == [256, 384, 576, 864, 1296]
+    assert ctl.history[2][2] == 30.0 * 384  # the rate measured for the window it replaced
 
 
 def test_controller_backs_off_a_growth_that_cost_throughput() -> None:
@@ -97,7 +111,7 @@ def test_controller_backs_off_a_growth_that_cost_throughput() -> None:
     def rate(w: int) -> float:
         return 60.0 * w if w <= 512 else 30720.0 - 30.0 * (min(w, 1024) - 512)
 
-    windows = _simulate(rate, 600)
+    windows, _ = _simulate(rate, 600)
     assert max(windows) > 576  # it did probe beyond the knee...
     late = windows[-300:]
     assert sum(w <= 640 for w in late) >= 0.8 * len(late), late[::10]  # ...and stays near it

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +29,49 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 IGNORE_EOS = {"ignore_eos": True, "temperature": 0}
+
+
+class ServerCpu:
+    """CPU seconds of vLLM's processes (API servers, engine cores; the offline process itself),
+    sampled from /proc every second: which one is busy all the time is the bottleneck."""
+
+    def __init__(self, include_self: bool = False) -> None:
+        self.include_self = include_self
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            mine = self.include_self and int(d) == os.getpid()
+            if not (mine or comm.startswith("VLLM") or "vllm.entrypoints" in cmd):
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            name = "api_server" if "vllm.entrypoints" in cmd else ("offline" if mine else comm)
+            self.cpu[int(d)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1.0):
+            self._sample()
+
+    def result(self) -> dict[str, Any]:
+        self._sample()
+        self.stop.set()
+        wall = time.perf_counter() - self.t0
+        busiest = sorted(self.cpu.values(), key=lambda v: -v[1])[:6]
+        return {"wall_s": round(wall, 1),
+                "busiest": [[n, round(c, 1), round(c / wall, 2)] for n, c in busiest]}  # fmt: skip
 
 
 def record(out: str, **kw: Any) -> None:
@@ -75,14 +119,16 @@ def cmd_offline(a: argparse.Namespace) -> None:
     prompts = make_prompts(a.n)
     llm.generate(prompts[:256], sp, use_tqdm=False)  # warm-up, not timed
     t0, c0 = time.perf_counter(), time.process_time()
+    cpu = ServerCpu(include_self=True)
     outs = llm.generate(prompts, sp, use_tqdm=False)
     wall = time.perf_counter() - t0
+    server_cpu = cpu.result()
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     record(a.out, case=a.case, model=a.label, max_tokens=a.max_tokens, n=len(outs),
            wall_s=round(wall, 2), out_tok_s=round(tokens / wall, 1),
            req_s=round(len(outs) / wall, 2), client_cpu_s=None,
            frontend_cpu_s=round(time.process_time() - c0, 2), startup_s=round(startup, 1),
-           engine=engine, vllm=vllm.__version__)  # fmt: skip
+           engine=engine, vllm=vllm.__version__, server_cpu=server_cpu)  # fmt: skip
 
 
 def wait_health(url: str, pid: int, timeout: float) -> float:
@@ -130,9 +176,10 @@ def cmd_seed(a: argparse.Namespace) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "reference_clients.py"), "seed", a.input,
            a.url + "/v1", str(a.concurrency), "--model", a.label, "--max-tokens", str(a.max_tokens),
            "--extra", json.dumps(IGNORE_EOS)]  # fmt: skip
+    cpu = ServerCpu()
     _, _, out = run_child(cmd, a.timeout)
     stats = json.loads(out.strip().splitlines()[-1])
-    _client_record(a, stats["wall_s"], stats, concurrency=a.concurrency)
+    _client_record(a, stats["wall_s"], stats, concurrency=a.concurrency, server_cpu=cpu.result())
 
 
 def _vbatch(a: argparse.Namespace, *extra: str) -> None:
@@ -142,12 +189,16 @@ def _vbatch(a: argparse.Namespace, *extra: str) -> None:
            "--max-tokens", str(a.max_tokens), "--temperature", "0",
            "--extra-body", json.dumps({"ignore_eos": True}), "--metrics-json", str(metrics),
            *extra]  # fmt: skip
+    cpu = ServerCpu()
     total, _, _ = run_child(cmd, a.timeout)
+    server_cpu = cpu.result()  # over the whole command: start-up included when vbatch launches
     m = json.loads(metrics.read_text())
     assert m["ok"] == m["total"], m
     stats = {"n": m["done"], "tokens": m["completion_tokens"], "cpu_s": m["client_cpu_s"]}
     _client_record(a, m["wall_s"], stats, total_wall_s=round(total, 1),
-                   startup_s=round(total - m["wall_s"], 1), args=list(extra))  # fmt: skip
+                   startup_s=round(total - m["wall_s"], 1), args=list(extra),
+                   window=m.get("window"), window_history=m.get("window_history"),
+                   server_cpu=server_cpu)  # fmt: skip
 
 
 def cmd_vbatch(a: argparse.Namespace) -> None:

@@ -4,3 +4,4 @@ source .gpu/gpu/dev_env.sh
 export PYTHONPATH=$PWD/src:/tmp/site:$PYTHONPATH
 mkdir -p /root/bench /root/logs /root/models
 cp -r .gpu/gpu/models/* /root/models/ 2>/dev/null || true
+export VBATCH_HOME=/root/vbhome

@@ -3,6 +3,7 @@
 #   usage: bash benchmarks/gpu/suite.sh LABEL STEP...
 # Steps (run in the order given; results -> $OUT/results.jsonl):
 #   offline          LLM.generate with the baseline's engine settings (vLLM's server defaults)
+#   offline-vb       LLM.generate with the engine settings vbatch's launcher picks
 #   server           start vLLM's server with those settings on :8000 (outlives the command)
 #   seed             the seed recipe, Semaphore(500), against it
 #   vbatch           vbatch run against it (default, adaptive window)
@@ -10,16 +11,20 @@
 #   stop             stop the server on :8000
 #   launch           vbatch run --model ... (vbatch starts vLLM with its batch settings)
 #   launch-rN        the same with N replicas on the one GPU
+#   launch16-rN      the same with max_tokens 16
 set -u
 source benchmarks/gpu/env.sh
 label=$1; shift
 B="python3 benchmarks/gpu/bench.py --label $label --model /root/models/$label --out $OUT/results.jsonl"
 ENGINE='{"max_num_seqs":1024,"max_num_batched_tokens":8192,"max_model_len":2048,"enable_prefix_caching":false}'
+# What vbatch's launcher passes for this input (max_model_len from the data: 371 + 128 -> 512).
+VB_ENGINE='{"max_num_seqs":1024,"max_num_batched_tokens":16384,"max_model_len":512,"max_cudagraph_capture_size":1024}'
 [ -f /root/bench/prompts.jsonl ] || $B prompts
 for step in "$@"; do
   echo "== $step at ${SECONDS}s"
   case $step in
     offline) $B offline --case offline_default --engine "$ENGINE" > /root/logs/offline_$label.log 2>&1 || tail -40 /root/logs/offline_$label.log;;
+    offline-vb) $B offline --case offline_vbatch_engine --engine "$VB_ENGINE" > /root/logs/offline_vb_$label.log 2>&1 || tail -40 /root/logs/offline_vb_$label.log;;
     server) $B server --engine "$ENGINE" --log /root/logs/server_$label.log || tail -40 /root/logs/server_$label.log;;
     seed) $B seed --case seed_sem500;;
     vbatch) $B vbatch --case vbatch_server_default;;
@@ -28,8 +33,11 @@ for step in "$@"; do
     stop) bash .gpu/gpu/baseline/stop_server.sh;;
     launch) $B vbatch-launch --case vbatch_launch;;
     launch-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch-r} --vbatch-args="--replicas ${step#launch-r}";;
+    launch16-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch16-r} --max-tokens 16 --vbatch-args="--replicas ${step#launch16-r}";;
     launch-api2) $B vbatch-launch --case vbatch_launch_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
   esac
 done
 echo "== done at ${SECONDS}s"
-cp /root/logs/*.log $OUT/ 2>/dev/null; ls $OUT
+cp /root/logs/*.log $OUT/ 2>/dev/null
+for f in $VBATCH_HOME/logs/*.log; do [ -f "$f" ] && tail -c 30000 "$f" > "$OUT/vbatch-$(basename "$f")"; done
+ls $OUT

@@ -118,16 +118,19 @@ async def _session(
     )
     servers = [VllmServer(plan.spec) for _ in range(plan.replicas)]
     try:
-        # One after another: vLLM sizes its KV cache from the GPU memory it finds free.
-        for i, server in enumerate(servers):
-            await asyncio.to_thread(server.start)
-            if on_launch is not None and i == 0:
+        # Together when each has a fixed KV cache; otherwise one after another (plan.py).
+        batches = [servers] if plan.start_together else [[s] for s in servers]
+        for batch in batches:
+            for server in batch:
+                await asyncio.to_thread(server.start)
+            if on_launch is not None and batch[0] is servers[0]:
                 on_launch(plan, servers)
-            while not await asyncio.to_thread(server.healthy):
-                if stop is not None and stop.is_set():
-                    # Ctrl-C while vLLM starts: stop it (below) and end as interrupted.
-                    raise KeyboardInterrupt
-                await asyncio.sleep(0.5)
+            for server in batch:
+                while not await asyncio.to_thread(server.healthy):
+                    if stop is not None and stop.is_set():
+                        # Ctrl-C while vLLM starts: stop it (below) and end as interrupted.
+                        raise KeyboardInterrupt
+                    await asyncio.sleep(0.5)
         connect_kw["concurrency"] = connect_kw.get("concurrency") or plan.concurrency
         async with connect([s.base_url for s in servers], **connect_kw) as disp:
             yield job, disp

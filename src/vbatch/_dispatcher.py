@@ -192,8 +192,12 @@ class Dispatcher:
             misses = 0
             self.load = load
             if self.adaptive:
+                generated = load.generation_tokens
                 window = self.controller.update(
-                    loop.time(), self.output_tokens, self.in_flight, load
+                    loop.time(),
+                    self.output_tokens if generated is None else generated,
+                    self.in_flight,
+                    load,
                 )
                 if window != self.concurrency:
                     self.resize(window)

@@ -232,6 +232,9 @@ async def run_job(
                 await runner
         stats.finished_at = time.monotonic()
         stats.cpu_end_s = time.process_time()
+        stats.window = dispatcher.concurrency
+        if dispatcher.adaptive:
+            stats.window_history = list(dispatcher.controller.history)
         if ticker is not None:
             ticker.cancel()
         if started:

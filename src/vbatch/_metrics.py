@@ -9,11 +9,15 @@ takes everything it is sent, and trims it to the running batch plus a margin onc
 A fuller batch is not always a faster one: measured on an H200, a vLLM server with default
 settings gave SmolLM2-135M 24k output tok/s with its 1,024-sequence batch full and 29.5k with
 ~500 in flight (it captures CUDA graphs only up to 512). So ``WindowController`` also measures
-the output tokens each window yields, and backs off a growth step that made them fewer.
+the output tokens each window yields, and backs off a growth step that made them fewer. It reads
+them from the server's ``vllm:generation_tokens_total``, which counts every decoding step, so a
+window's rate is known within seconds; tokens counted from finished requests would lag by a
+whole request's latency.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["ServerLoad", "WindowController", "next_window", "parse_metrics"]
@@ -21,6 +25,7 @@ __all__ = ["ServerLoad", "WindowController", "next_window", "parse_metrics"]
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 _KV = "vllm:kv_cache_usage_perc"
+_GENERATED = "vllm:generation_tokens_total"
 
 
 @dataclass(frozen=True)
@@ -28,12 +33,14 @@ class ServerLoad:
     running: int
     waiting: int
     kv_cache_usage: float | None = None  # 0..1, the fullest engine's
+    generation_tokens: float | None = None  # output tokens generated since the server started
 
 
 def parse_metrics(text: str) -> ServerLoad | None:
     """The load summed over engines (and replicas' models), or None if these are not vLLM's."""
     running = waiting = 0.0
     kv: float | None = None
+    generated: float | None = None
     seen = False
     for line in text.splitlines():
         if not line.startswith("vllm:"):
@@ -50,9 +57,11 @@ def parse_metrics(text: str) -> ServerLoad | None:
             waiting += value
         elif name == _KV:
             kv = value if kv is None else max(kv, value)
+        elif name == _GENERATED:
+            generated = (generated or 0.0) + value
     if not seen:
         return None
-    return ServerLoad(int(running), int(waiting), kv)
+    return ServerLoad(int(running), int(waiting), kv, generated)
 
 
 def next_window(window: int, in_flight: int, load: ServerLoad, max_window: int) -> int:
@@ -75,6 +84,8 @@ class WindowController:
     A growth step whose rate falls more than ``tolerance`` below the best seen returns to the
     best window, holds it for ``cooldown_s``, and later growth stops halfway to the window that
     lost (so the probes close in on the knee instead of swinging across it).
+
+    ``history`` keeps the last changes as ``(time, window, rate)``, for the run's metrics.
     """
 
     def __init__(
@@ -82,7 +93,7 @@ class WindowController:
         window: int,
         max_window: int,
         *,
-        settle_s: float = 10.0,
+        settle_s: float = 4.0,
         tolerance: float = 0.05,
         cooldown_s: float = 60.0,
     ) -> None:
@@ -96,18 +107,28 @@ class WindowController:
         self._ceiling = max_window + 1  # windows at or above it lost throughput lately
         self._ceiling_until = 0.0
         self._since: float | None = None  # when the current window began
-        self._mark: tuple[float, int] | None = None  # (time, tokens) halfway through it
+        self._mark: tuple[float, float] | None = None  # (time, tokens) halfway through it
+        self._rate = 0.0  # the last measured window's
+        self.history: deque[tuple[float, int, float]] = deque(maxlen=256)
+        self._t0: float | None = None
 
     def _start(self, window: int, now: float) -> int:
+        if self._t0 is None:
+            self._t0 = now
+        if window != self.window or not self.history:
+            self.history.append((round(now - self._t0, 1), window, round(self._rate, 1)))
         self.window = window
         self._since, self._mark = now, None
         return window
 
-    def update(self, now: float, tokens: int, in_flight: int, load: ServerLoad) -> int:
-        """The window to use from ``now``; ``tokens`` counts output tokens received so far."""
+    def update(self, now: float, tokens: float, in_flight: int, load: ServerLoad) -> int:
+        """The window to use from ``now``; ``tokens`` counts output tokens generated so far
+        (the server's counter when it has one, else those received)."""
         if self._since is None:
             return self._start(self.window, now)
         held = now - self._since
+        if self._mark is not None and tokens < self._mark[1]:
+            self._mark = None  # the counter went back: the server restarted
         if self._mark is None and held >= self.settle_s / 2:
             self._mark = (now, tokens)
         proposal = next_window(self.window, in_flight, load, self.max_window)
@@ -116,7 +137,7 @@ class WindowController:
         if proposal == self.window or held < self.settle_s or self._mark is None:
             return self.window
         mark_time, mark_tokens = self._mark
-        rate = (tokens - mark_tokens) / max(now - mark_time, 1e-9)
+        rate = self._rate = (tokens - mark_tokens) / max(now - mark_time, 1e-9)
         if self.window > self.best_window and rate < self.best_rate * (1 - self.tolerance):
             self._ceiling, self._ceiling_until = self.window, now + self.cooldown_s
             return self._start(self.best_window, now)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,10 @@ class LaunchPlan:
     measure: InputMeasure
     replicas: int = 1  # servers started from ``spec``, each on its own port
     notes: list[str] = field(default_factory=list)
+    # Replicas with a fixed KV cache size start at once; otherwise one after another, because
+    # vLLM sizes its cache from the GPU memory it finds free, which a neighbour starting beside
+    # it would take from under it.
+    start_together: bool = False
 
 
 def _load_tokenizer(model_dir: Path | None) -> Callable[[str], int] | None:
@@ -124,6 +130,54 @@ def _model_config(model_dir: Path | None) -> dict[str, Any]:
     return config
 
 
+def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
+    """KV cache bytes one token takes (16-bit), for a plain decoder config; None for shapes this
+    simple count would get wrong (MLA, nested multimodal configs, missing fields)."""
+    layers = config.get("num_hidden_layers")
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads", heads)
+    hidden = config.get("hidden_size")
+    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
+    if "kv_lora_rank" in config:
+        return None
+    values = (layers, kv_heads, head_dim)
+    if not all(isinstance(v, int) and v > 0 for v in values):
+        return None
+    return 2 * layers * kv_heads * head_dim * 2  # type: ignore[operator]
+
+
+def gpu_memory_bytes() -> int | None:
+    """The first GPU's memory, from nvidia-smi; None when it cannot be asked."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout  # fmt: skip
+        return int(out.split()[0]) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def _replica_kv_bytes(
+    config: dict[str, Any], seqs: int, max_model_len: int | None, utilization: float
+) -> int | None:
+    """A fixed KV cache for each replica: room for twice the full batch at max_model_len (the
+    rest serves prefix caching), if that is at most half the replica's share of the GPU
+    (the other half is for weights, activations and CUDA graphs). None: size it vLLM's way."""
+    per_token = kv_bytes_per_token(config)
+    total = gpu_memory_bytes() if per_token and max_model_len else None
+    if per_token is None or max_model_len is None or total is None:
+        return None
+    need = seqs * max_model_len * per_token
+    share = utilization * total
+    if need > share / 2:
+        return None
+    return int(min(2 * need, share / 2))
+
+
 def _round_up(n: int, step: int = 64) -> int:
     return -(-n // step) * step
 
@@ -175,6 +229,7 @@ def plan_launch(
         raise ValueError("--port names one port; replicas each take a free one")
     env: dict[str, str] = {}
     enforce_eager = False
+    start_together = False
     batched_tokens: int | None = None
     if backend == "cpu":
         # On CPU: no CUDA graphs to capture (start-up drops from minutes to under a minute),
@@ -191,6 +246,12 @@ def plan_launch(
         batched_tokens = GPU_MAX_NUM_BATCHED_TOKENS
         # vllm_args come last on the command line, so the user's own flags win over these.
         vllm_args = ("--max-cudagraph-capture-size", str(seqs), *vllm_args)
+        kv_bytes = None
+        if replicas > 1:
+            kv_bytes = _replica_kv_bytes(config, seqs, max_model_len, gpu_memory_utilization)
+        if kv_bytes is not None:
+            start_together = True
+            vllm_args = ("--kv-cache-memory-bytes", str(kv_bytes), *vllm_args)
     spec = ServerSpec(
         model=model_arg,
         backend=backend,
@@ -210,4 +271,4 @@ def plan_launch(
         startup_timeout_s=startup_timeout_s,
     )
     window = concurrency or 2 * seqs * replicas
-    return LaunchPlan(spec, served, window, measure, replicas, notes)
+    return LaunchPlan(spec, served, window, measure, replicas, notes, start_together)

@@ -27,6 +27,8 @@ class Stats:
     server_running: int | None = None
     server_waiting: int | None = None
     window: int | None = None  # the dispatcher's current in-flight limit
+    # An adaptive window's changes, (seconds since start, window, output tok/s it replaced).
+    window_history: list[tuple[float, int, float]] | None = None
     cpu_start_s: float = field(default_factory=time.process_time)
     cpu_end_s: float | None = None
 
@@ -71,6 +73,8 @@ class Stats:
             "requests_per_s": round(self.requests_per_s, 2),
             "output_tokens_per_s": round(self.output_tokens_per_s, 1),
             "client_cpu_s": round(self.client_cpu_s, 3),
+            "window": self.window,
+            "window_history": self.window_history,
         }
 
     @property
