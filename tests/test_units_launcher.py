@@ -7,15 +7,17 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from vbatch import _plan, make_job
+from vbatch import Job, _plan, make_job
 from vbatch._launcher import LaunchError, ServerSpec, VllmServer, detect_backend
 from vbatch._plan import (
     CHAT_OVERHEAD_TOKENS,
     CHAT_TOKENS_PER_MESSAGE,
+    LaunchPlan,
     kv_bytes_per_token,
     measure_input,
     plan_launch,
@@ -176,34 +178,69 @@ def test_kv_bytes_per_token_of_plain_decoders_only() -> None:
     assert kv_bytes_per_token({"text_config": SMOL_SHAPE}) is None
 
 
+def _gpu_job(tmp_path: Path, config: dict[str, Any]) -> tuple[Job, Path]:
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps(config))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "x" * 400, "max_tokens": 100}) + "\n")  # 512 tokens
+    return make_job(str(inp)), model
+
+
+def _kv_arg(plan: LaunchPlan) -> int | None:
+    args = list(plan.spec.extra_args)
+    if "--kv-cache-memory-bytes" not in args:
+        return None
+    return int(args[args.index("--kv-cache-memory-bytes") + 1])
+
+
 def test_gpu_replicas_with_a_fixed_kv_cache_start_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(SMOL_SHAPE))
-    inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps({"prompt": "x" * 400, "max_tokens": 100}) + "\n")
-    job = make_job(str(inp))
+    job, model = _gpu_job(tmp_path, SMOL_SHAPE)
     monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 120 * 2**30)
     plan = plan_launch(job, str(model), backend="gpu", replicas=2)
     assert plan.spec.max_model_len == 512
     assert plan.spec.gpu_memory_utilization == 0.45
-    need = 1024 * 512 * kv_bytes_per_token(SMOL_SHAPE)  # the full batch at max_model_len
-    args = list(plan.spec.extra_args)
-    assert int(args[args.index("--kv-cache-memory-bytes") + 1]) == 2 * need
+    need = 1024 * 512 * 2 * 30 * 3 * 64 * 2  # the full batch at max_model_len
+    assert _kv_arg(plan) == 2 * need
     assert plan.start_together and plan.concurrency == 2 * 1024 * 2
-    # Twice the batch would take more than half the share: capped there.
-    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 80 * 2**30)
+    # Twice the batch would take more than two thirds of the share: capped there.
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 60 * 2**30)
     plan = plan_launch(job, str(model), backend="gpu", replicas=2)
-    args = list(plan.spec.extra_args)
-    assert int(args[args.index("--kv-cache-memory-bytes") + 1]) == int(0.45 * 80 * 2**30 / 2)
-    # A batch whose cache would not fit in half a replica's share: vLLM sizes it, one by one.
-    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 40 * 2**30)
+    assert _kv_arg(plan) == int(0.45 * 60 * 2**30 * 2 / 3)
+    # A batch whose cache would not fit there: vLLM sizes it, one replica after another.
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 30 * 2**30)
     plan = plan_launch(job, str(model), backend="gpu", replicas=2)
-    assert "--kv-cache-memory-bytes" not in plan.spec.extra_args and not plan.start_together
+    assert _kv_arg(plan) is None and not plan.start_together and plan.replicas == 2
     monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: None)
     assert not plan_launch(job, str(model), backend="gpu", replicas=2).start_together
     # One server sizes its own cache.
-    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 80 * 2**30)
-    assert not plan_launch(job, str(model), backend="gpu").start_together
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 120 * 2**30)
+    plan = plan_launch(job, str(model), backend="gpu", replicas=1)
+    assert plan.replicas == 1 and _kv_arg(plan) is None and not plan.start_together
+
+
+LLAMA_8B_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 32, "hidden_size": 4096,
+                  "num_attention_heads": 32, "num_key_value_heads": 8}  # fmt: skip
+
+
+def test_two_replicas_by_default_for_a_small_model_on_a_big_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 140 * 2**30)
+    monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(16)))
+    job, model = _gpu_job(tmp_path, SMOL_SHAPE)
+    plan = plan_launch(job, str(model), backend="gpu")
+    assert plan.replicas == 2 and plan.start_together
+    assert any("2 replicas" in note for note in plan.notes)
+    # Not where something else spreads the model, nor on CPU, nor on a small machine.
+    assert plan_launch(job, str(model), backend="gpu", tensor_parallel_size=2).replicas == 1
+    assert plan_launch(job, str(model), backend="gpu", port=8123).replicas == 1
+    assert plan_launch(job, str(model), backend="cpu").replicas == 1
+    monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(4)))
+    assert plan_launch(job, str(model), backend="gpu").replicas == 1
+    # An 8B model's full batch (64 GiB of KV at 512 tokens) does not leave room for two.
+    monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(16)))
+    job, model = _gpu_job(tmp_path, LLAMA_8B_SHAPE)
+    assert plan_launch(job, str(model), backend="gpu").replicas == 1

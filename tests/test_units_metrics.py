@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
 import orjson
@@ -85,7 +86,7 @@ def _simulate(
     rate_at: Callable[[int], float], seconds: int, max_num_seqs: int = 1024
 ) -> tuple[list[int], WindowController]:
     """Drive a WindowController against a modelled server, one tick a second; the windows."""
-    ctl = WindowController(256, 4096, settle_s=4.0, tolerance=0.05, cooldown_s=60.0)
+    ctl = WindowController(256, 4096)  # its defaults: settle 6 s, tolerance 10%, cooldown 60 s
     tokens, windows = 0.0, []
     for now in range(seconds):
         window = ctl.window
@@ -99,20 +100,30 @@ def test_controller_keeps_growing_while_throughput_follows() -> None:
     # A server whose throughput rises with the batch up to its max_num_seqs (1024).
     windows, ctl = _simulate(lambda w: 30.0 * min(w, 1024), 200)
     assert 1024 <= windows[-1] <= 1024 + 2 * 256  # full batch plus a small queue
-    # It got there within seconds: 256 -> 384 -> 576 -> 864 -> 1296, one step per 4 s settle.
-    assert windows[20] >= 1024
+    # It got there within seconds: 256 -> 384 -> 576 -> 864 -> 1296, one step per 6 s settle.
+    assert windows[30] >= 1024
     assert ctl.history[0] == (0.0, 256, 0.0)
     assert [w for _, w, _ in ctl.history][:5] == [256, 384, 576, 864, 1296]
     assert ctl.history[2][2] == 30.0 * 384  # the rate measured for the window it replaced
 
 
 def test_controller_backs_off_a_growth_that_cost_throughput() -> None:
-    # As seen on the H200: past ~500 in flight each step slows (no CUDA graph above 512).
+    # As seen on the H200 (SmolLM2, vLLM's defaults): a step of more than 512 sequences runs
+    # without a CUDA graph, 2.5x slower, so 1,024 in the batch gave less than 500.
     def rate(w: int) -> float:
-        return 60.0 * w if w <= 512 else 30720.0 - 30.0 * (min(w, 1024) - 512)
+        return 60.0 * w if w <= 512 else 60.0 * min(w, 1024) / 2.5
 
     windows, _ = _simulate(rate, 600)
     assert max(windows) > 576  # it did probe beyond the knee...
     late = windows[-300:]
     assert sum(w <= 640 for w in late) >= 0.8 * len(late), late[::10]  # ...and stays near it
     assert min(late) >= 384
+
+
+def test_controller_grows_through_noisy_rates() -> None:
+    # A real server's rate swings (prefill bursts, requests finishing together): +-10% a second
+    # must not read as a growth step that cost throughput.
+    noise = random.Random(7)
+    windows, _ = _simulate(lambda w: 30.0 * min(w, 1024) * noise.uniform(0.9, 1.1), 300)
+    late = windows[60:]
+    assert sum(w >= 1024 for w in late) >= 0.9 * len(late), late[::10]

@@ -71,9 +71,11 @@ def launch_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="GPUs per model replica."),
         click.option("--data-parallel-size", type=click.IntRange(min=1),
                      help="Model replicas behind one server (vLLM's own data parallelism)."),
-        click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("--replicas", type=click.IntRange(min=1),
                      help="vLLM servers sharing the GPU(s), requests spread by load: for small "
-                          "models whose engine loop (one CPU core each) is the limit."),
+                          "models whose engine loop (one CPU core each) is the limit "
+                          "[default: 2 on a GPU when two full batches of the model fit with "
+                          "room to spare and there are 8+ cores, else 1]."),
         click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
                      help="Share of GPU memory vLLM may take [default: 0.9 on GPU]."),
         click.option("--dtype", help="Model dtype [default on CPU: bfloat16 with AMX or "
@@ -99,7 +101,7 @@ def _launch_kwargs(options: dict[str, Any]) -> dict[str, Any]:
             "gpu_memory_utilization", "dtype")  # fmt: skip
     launch = {k: v for k in keys if (v := options.pop(k, None)) is not None}
     host, port, replicas = options.pop("host"), options.pop("port"), options.pop("replicas")
-    if replicas != 1:
+    if replicas is not None:
         launch["replicas"] = replicas
     vllm_args, timeout = options.pop("vllm_args"), options.pop("startup_timeout_s")
     if host != "127.0.0.1":
@@ -376,7 +378,7 @@ def serve_command(model: str | None, **options: Any) -> None:
     """
     launch = _launch_kwargs(options)
     try:
-        plan = plan_launch(None, model, **launch)
+        plan = plan_launch(None, model, **{"replicas": 1, **launch})
         if plan.replicas > 1:
             raise UserError("serve starts one server; run several for replicas")
         server = VllmServer(plan.spec)
