@@ -32,13 +32,16 @@ IGNORE_EOS = {"ignore_eos": True, "temperature": 0}
 
 
 class ServerCpu:
-    """CPU seconds of vLLM's processes (API servers, engine cores; the offline process itself),
-    sampled from /proc every second: which one is busy all the time is the bottleneck."""
+    """CPU seconds of vLLM's processes (API servers, engine cores; the offline process itself)
+    from now on, sampled from /proc every second: which one is busy all the time is the
+    bottleneck. A server that was already running counts from now, not from its start."""
 
     def __init__(self, include_self: bool = False) -> None:
         self.include_self = include_self
         self.cpu: dict[int, tuple[str, float]] = {}
+        self.base: dict[int, float] = {}
         self.stop = threading.Event()
+        self._sample()
         self.t0 = time.perf_counter()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -59,7 +62,8 @@ class ServerCpu:
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()
             name = "api_server" if "vllm.entrypoints" in cmd else ("offline" if mine else comm)
-            self.cpu[int(d)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+            used = (int(fields[11]) + int(fields[12])) / tick
+            self.cpu[int(d)] = (name, used - self.base.setdefault(int(d), used))
 
     def _loop(self) -> None:
         while not self.stop.wait(1.0):
