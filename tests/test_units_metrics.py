@@ -38,7 +38,7 @@ def test_parse_metrics_sums_engines() -> None:
 
 def test_window_grows_while_the_server_takes_everything() -> None:
     load = ServerLoad(running=256, waiting=0)
-    assert next_window(256, 256, load, 4096) == 384
+    assert next_window(256, 256, load, 4096) == 512
     assert next_window(3000, 3000, load, 4096) == 4096
     # Not all of our window is in use: growing would not help.
     assert next_window(256, 100, load, 4096) == 256
@@ -100,11 +100,12 @@ def test_controller_keeps_growing_while_throughput_follows() -> None:
     # A server whose throughput rises with the batch up to its max_num_seqs (1024).
     windows, ctl = _simulate(lambda w: 30.0 * min(w, 1024), 200)
     assert 1024 <= windows[-1] <= 1024 + 2 * 256  # full batch plus a small queue
-    # It got there within seconds: 256 -> 384 -> 576 -> 864 -> 1296, one step per 6 s settle.
-    assert windows[30] >= 1024
+    # It got there within seconds: 256 -> 512 -> 1024 -> 2048, one step per 6 s settle, and
+    # trimmed to the batch plus a margin at once when a queue formed.
+    assert windows[20] >= 1024
     assert ctl.history[0] == (0.0, 256, 0.0)
-    assert [w for _, w, _ in ctl.history][:5] == [256, 384, 576, 864, 1296]
-    assert ctl.history[2][2] == 30.0 * 384  # the rate measured for the window it replaced
+    assert [w for _, w, _ in ctl.history][:5] == [256, 512, 1024, 2048, 1280]
+    assert ctl.history[2][2] == 30.0 * 512  # the rate measured for the window it replaced
 
 
 def test_controller_backs_off_a_growth_that_cost_throughput() -> None:

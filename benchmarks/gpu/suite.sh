@@ -9,10 +9,14 @@
 #   vbatch           vbatch run against it (default, adaptive window)
 #   seed16 vbatch16  the same two with max_tokens 16
 #   stop             stop the server on :8000
-#   launch           vbatch run --model ... (vbatch starts vLLM with its batch settings)
-#   launch-rN        the same with N replicas on the one GPU
-#   launch16-rN      the same with max_tokens 16
+#   launch           vbatch run --model ... (vbatch starts vLLM with its batch settings and
+#                    its default replicas: 2 for these small models on a big GPU)
+#   launch-rN        the same with --replicas N (launch-r1: one server)
+#   launch16 launch16-rN   the same two with max_tokens 16
 set -u
+# Stopped early (TERM/INT): take the running step's client down with the script (and so the
+# vLLM servers vbatch started, which die with it), or it runs on into the next command.
+trap 'trap - TERM INT; kill 0' TERM INT
 source benchmarks/gpu/env.sh
 label=$1; shift
 B="python3 benchmarks/gpu/bench.py --label $label --model /root/models/$label --out $OUT/results.jsonl"
@@ -33,6 +37,7 @@ for step in "$@"; do
     stop) bash .gpu/gpu/baseline/stop_server.sh;;
     launch) $B vbatch-launch --case vbatch_launch;;
     launch-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch-r} --vbatch-args="--replicas ${step#launch-r}";;
+    launch16) $B vbatch-launch --case vbatch_launch --max-tokens 16;;
     launch16-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch16-r} --max-tokens 16 --vbatch-args="--replicas ${step#launch16-r}";;
     launch-api2) $B vbatch-launch --case vbatch_launch_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
   esac

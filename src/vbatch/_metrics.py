@@ -72,7 +72,7 @@ def next_window(window: int, in_flight: int, load: ServerLoad, max_window: int) 
         return max(queue_target, load.running + queue_target)
     if load.waiting == 0 and in_flight >= 0.9 * window:
         # Everything we send is running at once: the server could take more.
-        return min(max_window, max(window + 16, int(window * 1.5)))
+        return min(max_window, max(window + 16, window * 2))
     return window
 
 

@@ -282,3 +282,23 @@ def test_ctrl_c_while_vllm_starts_stops_it_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < 45  # not after vLLM finished starting
     time.sleep(1)
     assert vllm_processes() <= before
+
+
+def test_metrics_the_adaptive_window_reads(vllm_server: VllmServer) -> None:
+    """The gauges and the counter the window follows, as real vLLM names them (the fake server
+    prints the same names)."""
+    from vbatch._metrics import parse_metrics
+
+    def load() -> Any:
+        with urllib.request.urlopen(vllm_server.root_url + "/metrics", timeout=30) as resp:
+            return parse_metrics(resp.read().decode())
+
+    before = load()
+    assert before is not None and before.generation_tokens is not None
+    status, reply = call(vllm_server, "/v1/completions",
+                         {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 7,
+                          "ignore_eos": True})  # fmt: skip
+    assert status == 200 and reply["usage"]["completion_tokens"] == 7
+    after = load()
+    assert after.generation_tokens - before.generation_tokens == 7
+    assert after.running == 0 and after.waiting == 0
