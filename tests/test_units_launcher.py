@@ -244,3 +244,25 @@ def test_two_replicas_by_default_for_a_small_model_on_a_big_gpu(
     monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(16)))
     job, model = _gpu_job(tmp_path, LLAMA_8B_SHAPE)
     assert plan_launch(job, str(model), backend="gpu").replicas == 1
+
+
+def test_measure_input_counts_with_the_models_tokenizer_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    model = tmp_path / "model"
+    model.mkdir()
+    tok = Tokenizer(WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+    tok.save(str(model / "tokenizer.json"))  # one token per word
+    monkeypatch.setattr(_plan, "TOKENIZE_BATCH", 3)
+    words = [5, 40, 7, 12, 39, 3, 2, 1]  # the longest prompt is the 2nd row, in the 1st batch
+    rows = [{"prompt": " ".join(["word"] * n), "max_tokens": 10} for n in words]
+    rows[4]["max_tokens"] = 100  # the most needed is another row, in the 2nd batch
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = measure_input(make_job(str(inp), model="m"), model, default_max_tokens=16)
+    assert (m.rows, m.max_prompt_tokens, m.max_needed_tokens) == (8, 40, 139)
