@@ -217,8 +217,9 @@ def _announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    help=f"Requests in flight at once [default: {DEFAULT_CONCURRENCY}; 2 x max_num_seqs for a "
-    "server vbatch starts]. About 2x the server's --max-num-seqs keeps its batch full.",
+    help=f"Requests in flight at once [default: from {DEFAULT_CONCURRENCY}, following the load "
+    "vLLM reports on /metrics; 2 x max_num_seqs x replicas for a server vbatch starts]. About "
+    "2x the server's --max-num-seqs keeps its batch full.",
 )
 @click.option(
     "--timeout",
