@@ -266,3 +266,42 @@ def test_measure_input_counts_with_the_models_tokenizer_in_batches(
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = measure_input(make_job(str(inp), model="m"), model, default_max_tokens=16)
     assert (m.rows, m.max_prompt_tokens, m.max_needed_tokens) == (8, 40, 139)
+
+
+def test_a_hub_model_id_is_sized_from_its_config_and_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    snapshot = tmp_path / "hub" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({**SMOL_SHAPE, "max_position_embeddings": 96}))
+    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+    tok.save(str(snapshot / "tokenizer.json"))
+    fetched: list[tuple[str, str]] = []
+
+    def download(repo_id: str, filename: str, **kw: Any) -> str:
+        fetched.append((repo_id, filename))
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "one two three four", "max_tokens": 20}) + "\n")
+    plan = plan_launch(make_job(str(inp)), "org/model", backend="cpu")
+    assert fetched == [("org/model", "config.json"), ("org/model", "tokenizer.json")]
+    assert plan.measure.max_prompt_tokens == 4  # counted by the tokenizer, not by bytes
+    assert plan.spec.max_model_len == 64 and plan.spec.model == "org/model"
+    inp.write_text(json.dumps({"prompt": "one two", "max_tokens": 200}) + "\n")
+    assert plan_launch(make_job(str(inp)), "org/model", backend="cpu").spec.max_model_len == 96
+
+    def unreachable(repo_id: str, filename: str, **kw: Any) -> str:
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    plan = plan_launch(make_job(str(inp)), "org/model", backend="cpu")
+    assert plan.measure.max_prompt_tokens == len("one two") + 2  # the byte bound
+    assert any("could not be read" in note for note in plan.notes)

@@ -152,6 +152,31 @@ def measure_input(job: Job, model_dir: Path | None, default_max_tokens: int | No
     return m
 
 
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local folder holding a Hugging Face model's ``config.json`` (and ``tokenizer.json``
+    when it has one): from the Hub cache when there, else fetched into it, where vLLM then finds
+    them; None when neither the cache nor the Hub has them."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None
+
+    def fetch(filename: str) -> Path | None:
+        # The cache first: asking the Hub for what is cached costs seconds without a network.
+        for cached_only in (True, False):
+            try:
+                return Path(hf_hub_download(repo_id, filename, local_files_only=cached_only))
+            except Exception:  # not cached; offline, gated, no such repo or file: go without
+                continue
+        return None
+
+    config = fetch("config.json")
+    if config is None:
+        return None
+    fetch("tokenizer.json")  # a model with only a sentencepiece tokenizer has none
+    return config.parent
+
+
 def _model_config(model_dir: Path | None) -> dict[str, Any]:
     if model_dir is None or not (model_dir / "config.json").exists():
         return {}
@@ -255,8 +280,12 @@ def plan_launch(
         model_dir: Path | None = ensure_embedded_model()
         model_arg, served = str(model_dir), EMBEDDED_MODEL_NAME
     else:
-        model_dir = Path(model) if Path(model).is_dir() else None
+        model_dir = Path(model) if Path(model).is_dir() else _hub_snapshot(model)
         model_arg, served = model, model
+        if model_dir is None:
+            notes.append(f"{model}'s config and tokenizer could not be read (not a folder, and "
+                         "not on the Hugging Face Hub or in its cache): max_model_len is sized "
+                         "by bytes, one server")  # fmt: skip
     config = _model_config(model_dir)
     cap = config.get("max_position_embeddings")
     measure = InputMeasure()
