@@ -12,15 +12,14 @@ from typing import Any
 import psutil
 import pytest
 
-from vbatch import Job, _plan, make_job
+from vbatch import Job, _plan, _sizing, make_job
 from vbatch._launcher import LaunchError, ServerSpec, VllmServer, detect_backend
-from vbatch._plan import (
+from vbatch._plan import LaunchPlan, plan_launch
+from vbatch._sizing import (
     CHAT_OVERHEAD_TOKENS,
     CHAT_TOKENS_PER_MESSAGE,
-    LaunchPlan,
     kv_bytes_per_token,
     measure_input,
-    plan_launch,
 )
 
 # A stand-in for vLLM's API server: forks a child (as vLLM forks its engine), then either
@@ -258,7 +257,7 @@ def test_measure_input_counts_with_the_models_tokenizer_in_batches(
     tok = Tokenizer(WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
     tok.save(str(model / "tokenizer.json"))  # one token per word
-    monkeypatch.setattr(_plan, "TOKENIZE_BATCH", 3)
+    monkeypatch.setattr(_sizing, "TOKENIZE_BATCH", 3)
     words = [5, 40, 7, 12, 39, 3, 2, 1]  # the longest prompt is the 2nd row, in the 1st batch
     rows = [{"prompt": " ".join(["word"] * n), "max_tokens": 10} for n in words]
     rows[4]["max_tokens"] = 100  # the most needed is another row, in the 2nd batch
