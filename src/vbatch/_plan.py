@@ -5,6 +5,7 @@ what window. The data's needs come from ``_sizing``; the choices here were measu
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -48,8 +49,10 @@ class LaunchPlan:
     start_together: bool = False
 
 
+@functools.cache
 def gpu_memory_bytes() -> int | None:
-    """The first GPU's memory, from nvidia-smi; None when it cannot be asked."""
+    """The first GPU's memory, from nvidia-smi (asked once: planning replicas needs it twice);
+    None when it cannot be asked."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
