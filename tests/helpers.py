@@ -97,22 +97,15 @@ def cli(*args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProce
 ROWS = 3000  # rows of the interrupted runs (test_kill_resume, test_ctrl_c)
 
 
+def run_args(base_url: str, inp: Path, out: Path, *extra: str, concurrency: int = 4) -> list[str]:
+    """`vbatch run`'s arguments against a fake server: model smol, 4 tokens a reply."""
+    return [str(inp), "-o", str(out), "--base-url", base_url, "--model", "smol",
+            "--concurrency", str(concurrency), "--max-tokens", "4", *extra]  # fmt: skip
+
+
 def big_run_args(server: ServerProcess, inp: Path, out: Path, *extra: str) -> list[str]:
     """The interrupted runs' command line: 32 in flight, the server adds 5-20 ms."""
-    return [
-        str(inp),
-        "-o",
-        str(out),
-        "--base-url",
-        server.base_url,
-        "--model",
-        "smol",
-        "--concurrency",
-        "32",
-        "--max-tokens",
-        "4",
-        *extra,
-    ]
+    return run_args(server.base_url, inp, out, *extra, concurrency=32)
 
 
 def count_lines(path: Path) -> int:

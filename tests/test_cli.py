@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fakeserver import FakeServer, completion_text
-from helpers import cli, prompt_rows, read_jsonl, write_jsonl
+from helpers import cli, prompt_rows, read_jsonl, run_args, write_jsonl
 
 ROWS = 20
 SECRET = "sk-vbatch-TEST-9f2e7c41d0b3-do-not-print"
@@ -24,23 +24,6 @@ def inp(tmp_path: Path) -> Path:
 @pytest.fixture
 def out(tmp_path: Path) -> Path:
     return tmp_path / "out.jsonl"
-
-
-def _args(server: FakeServer, inp: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        str(inp),
-        "-o",
-        str(out),
-        "--base-url",
-        server.base_url,
-        "--model",
-        "smol",
-        "--concurrency",
-        "4",
-        "--max-tokens",
-        "4",
-        *extra,
-    ]
 
 
 def _assert_complete(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,7 +43,7 @@ def _assert_complete(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def test_all_ok_exits_0(server: FakeServer, inp: Path, out: Path) -> None:
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 0, proc.stderr
     _assert_complete(out, prompt_rows(ROWS))
     assert server.generation_requests == ROWS
@@ -70,7 +53,7 @@ def test_all_ok_exits_0(server: FakeServer, inp: Path, out: Path) -> None:
 
 def test_some_error_records_exit_1(server: FakeServer, inp: Path, out: Path) -> None:
     server.script("r3", [400])
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 1, proc.stderr
     records = read_jsonl(out)
     assert len(records) == ROWS
@@ -83,7 +66,7 @@ def test_some_error_records_exit_1(server: FakeServer, inp: Path, out: Path) -> 
 def test_csv_with_template(server: FakeServer, tmp_path: Path, out: Path) -> None:
     csv = tmp_path / "in.csv"
     csv.write_text("id,text\n" + "".join(f"{i},word{i} more words\n" for i in range(5)))
-    proc = cli(*_args(server, csv, out, "--template", "t{id} Translate: {text}"))
+    proc = cli(*run_args(server.base_url, csv, out, "--template", "t{id} Translate: {text}"))
     assert proc.returncode == 0, proc.stderr
     by_id = {r["id"]: r["text"] for r in read_jsonl(out)}
     assert by_id == {
@@ -92,7 +75,7 @@ def test_csv_with_template(server: FakeServer, tmp_path: Path, out: Path) -> Non
 
 
 def test_launch_options_need_a_started_server(server: FakeServer, inp: Path, out: Path) -> None:
-    proc = cli(*_args(server, inp, out, "--max-model-len", "512"))
+    proc = cli(*run_args(server.base_url, inp, out, "--max-model-len", "512"))
     assert proc.returncode == 2
     assert "--max-model-len applies only to a server vbatch starts" in proc.stderr
     assert server.generation_requests == 0
@@ -155,7 +138,7 @@ def test_bad_input_exits_2_and_sends_nothing(
 ) -> None:
     path = tmp_path / name
     path.write_text("".join(line + "\n" for line in content))
-    proc = cli(*_args(server, path, out))
+    proc = cli(*run_args(server.base_url, path, out))
     assert proc.returncode == 2, proc.stderr
     for text in expected:
         assert text in proc.stderr
@@ -166,7 +149,7 @@ def test_bad_input_exits_2_and_sends_nothing(
 
 
 def test_missing_input_exits_2(server: FakeServer, tmp_path: Path, out: Path) -> None:
-    proc = cli(*_args(server, tmp_path / "nope.jsonl", out))
+    proc = cli(*run_args(server.base_url, tmp_path / "nope.jsonl", out))
     assert proc.returncode == 2
     assert "nope.jsonl" in proc.stderr and "no such file" in proc.stderr
     assert server.total_requests == 0
@@ -185,7 +168,7 @@ def test_unusable_output_exits_2_and_sends_nothing(
     server: FakeServer, tmp_path: Path, inp: Path, output: str
 ) -> None:
     target = output.format(tmp=tmp_path)
-    proc = cli(*_args(server, inp, Path(target)))
+    proc = cli(*run_args(server.base_url, inp, Path(target)))
     assert proc.returncode == 2, proc.stderr
     assert target in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -193,7 +176,7 @@ def test_unusable_output_exits_2_and_sends_nothing(
 
 
 def test_bad_extra_body_exits_2(server: FakeServer, inp: Path, out: Path) -> None:
-    proc = cli(*_args(server, inp, out, "--extra-body", "{not json"))
+    proc = cli(*run_args(server.base_url, inp, out, "--extra-body", "{not json"))
     assert proc.returncode == 2
     assert "--extra-body" in proc.stderr
     assert server.total_requests == 0
@@ -207,8 +190,8 @@ def test_api_key_never_printed_or_written(server: FakeServer, inp: Path, out: Pa
     server.script("r5", [401] * 10)
     server.script("r6", ["drop"] * 10)
     proc = cli(
-        *_args(
-            server,
+        *run_args(
+            server.base_url,
             inp,
             out,
             "--api-key",
@@ -222,7 +205,7 @@ def test_api_key_never_printed_or_written(server: FakeServer, inp: Path, out: Pa
     assert proc.returncode == 1, proc.stderr
     assert server.auth_headers == {f"Bearer {SECRET}"}, "the key was not sent"
     # An error before any request must not echo it either.
-    bad = cli(*_args(server, inp, Path("/proc/x/out.jsonl"), "--api-key", SECRET))
+    bad = cli(*run_args(server.base_url, inp, Path("/proc/x/out.jsonl"), "--api-key", SECRET))
     assert bad.returncode == 2
     texts = [proc.stdout, proc.stderr, bad.stdout, bad.stderr]
     files = [p for p in out.parent.iterdir() if p.is_file()]
@@ -237,14 +220,14 @@ def test_api_key_from_environment(
     server: FakeServer, inp: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 0, proc.stderr
     assert server.auth_headers == {f"Bearer {SECRET}"}
     assert SECRET not in proc.stderr + proc.stdout + out.read_text()
 
 
 def test_without_a_key_no_authorization_header(server: FakeServer, inp: Path, out: Path) -> None:
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 0, proc.stderr
     assert server.auth_headers == set()
 
@@ -255,7 +238,7 @@ def test_without_a_key_no_authorization_header(server: FakeServer, inp: Path, ou
 def test_metrics_json(server: FakeServer, inp: Path, out: Path, tmp_path: Path) -> None:
     metrics = tmp_path / "m.json"
     server.script("r2", [503, 200])
-    proc = cli(*_args(server, inp, out, "--metrics-json", str(metrics)))
+    proc = cli(*run_args(server.base_url, inp, out, "--metrics-json", str(metrics)))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(metrics.read_text())
     assert data["total"] == ROWS
@@ -278,11 +261,11 @@ def test_metrics_json(server: FakeServer, inp: Path, out: Path, tmp_path: Path) 
 def test_second_identical_run_sends_nothing(
     server: FakeServer, inp: Path, out: Path, tmp_path: Path
 ) -> None:
-    first = cli(*_args(server, inp, out))
+    first = cli(*run_args(server.base_url, inp, out))
     assert first.returncode == 0, first.stderr
     before = out.read_bytes()
     metrics = tmp_path / "m.json"
-    second = cli(*_args(server, inp, out, "--metrics-json", str(metrics)))
+    second = cli(*run_args(server.base_url, inp, out, "--metrics-json", str(metrics)))
     assert second.returncode == 0, second.stderr
     assert server.generation_requests == ROWS
     assert out.read_bytes() == before
@@ -296,39 +279,39 @@ def test_second_identical_run_sends_nothing(
 
 
 def test_resume_finishes_a_partial_output(server: FakeServer, inp: Path, out: Path) -> None:
-    first = cli(*_args(server, inp, out))
+    first = cli(*run_args(server.base_url, inp, out))
     assert first.returncode == 0
     lines = out.read_bytes().splitlines(keepends=True)
     out.write_bytes(b"".join(lines[:7]))
-    second = cli(*_args(server, inp, out))
+    second = cli(*run_args(server.base_url, inp, out))
     assert second.returncode == 0, second.stderr
     assert server.generation_requests == ROWS + ROWS - 7
     _assert_complete(out, prompt_rows(ROWS))
 
 
 def test_changed_job_refused_unless_force(server: FakeServer, inp: Path, out: Path) -> None:
-    first = cli(*_args(server, inp, out))
+    first = cli(*run_args(server.base_url, inp, out))
     assert first.returncode == 0
     before = out.read_bytes()
-    changed = cli(*_args(server, inp, out, "--max-tokens", "5"))
+    changed = cli(*run_args(server.base_url, inp, out, "--max-tokens", "5"))
     assert changed.returncode == 2
     assert "different job" in changed.stderr
     assert "--force" in changed.stderr
     assert out.read_bytes() == before
     assert server.generation_requests == ROWS
-    forced = cli(*_args(server, inp, out, "--max-tokens", "5", "--force"))
+    forced = cli(*run_args(server.base_url, inp, out, "--max-tokens", "5", "--force"))
     assert forced.returncode == 0, forced.stderr
     assert server.generation_requests == ROWS  # everything was already done
     _assert_complete(out, prompt_rows(ROWS))
     # --force recorded the new job: resuming it again needs no --force.
-    again = cli(*_args(server, inp, out, "--max-tokens", "5"))
+    again = cli(*run_args(server.base_url, inp, out, "--max-tokens", "5"))
     assert again.returncode == 0, again.stderr
 
 
 def test_edited_input_is_a_different_job(server: FakeServer, inp: Path, out: Path) -> None:
-    assert cli(*_args(server, inp, out)).returncode == 0
+    assert cli(*run_args(server.base_url, inp, out)).returncode == 0
     write_jsonl(inp, prompt_rows(ROWS + 1))
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 2
     assert "different job" in proc.stderr
     assert server.generation_requests == ROWS
@@ -346,14 +329,14 @@ def test_retry_failed(server: FakeServer, inp: Path, out: Path) -> None:
             )
         ],
     )
-    first = cli(*_args(server, inp, out))
+    first = cli(*run_args(server.base_url, inp, out))
     assert first.returncode == 1
     assert server.generation_requests == ROWS
     # Resuming without --retry-failed keeps the error records and still reports them.
-    plain = cli(*_args(server, inp, out))
+    plain = cli(*run_args(server.base_url, inp, out))
     assert plain.returncode == 1
     assert server.generation_requests == ROWS
-    retried = cli(*_args(server, inp, out, "--retry-failed"))
+    retried = cli(*run_args(server.base_url, inp, out, "--retry-failed"))
     assert retried.returncode == 0, retried.stderr
     assert server.generation_requests == ROWS + 2
     assert server.attempts["r3"] == server.attempts["r7"] == 2
@@ -363,35 +346,35 @@ def test_retry_failed(server: FakeServer, inp: Path, out: Path) -> None:
 
 def test_foreign_output_refused_unless_overwrite(server: FakeServer, inp: Path, out: Path) -> None:
     out.write_text("precious data\n")
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 2
     assert "--overwrite" in proc.stderr
     assert str(out) in proc.stderr
     assert out.read_text() == "precious data\n"
     assert server.generation_requests == 0
-    over = cli(*_args(server, inp, out, "--overwrite"))
+    over = cli(*run_args(server.base_url, inp, out, "--overwrite"))
     assert over.returncode == 0, over.stderr
     _assert_complete(out, prompt_rows(ROWS))
 
 
 def test_damaged_output_refused(server: FakeServer, inp: Path, out: Path) -> None:
-    assert cli(*_args(server, inp, out)).returncode == 0
+    assert cli(*run_args(server.base_url, inp, out)).returncode == 0
     lines = out.read_bytes().splitlines(keepends=True)
     lines[4] = b"garbage\n"
     out.write_bytes(b"".join(lines))
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 2
     assert f"{out}:5" in proc.stderr
     assert server.generation_requests == ROWS
 
 
 def test_torn_last_line_dropped_and_redone(server: FakeServer, inp: Path, out: Path) -> None:
-    assert cli(*_args(server, inp, out)).returncode == 0
+    assert cli(*run_args(server.base_url, inp, out)).returncode == 0
     lines = out.read_bytes().splitlines(keepends=True)
     torn_id = json.loads(lines[-1])["id"]
     partial = lines[-1][: len(lines[-1]) // 2]
     out.write_bytes(b"".join(lines[:-1]) + partial)
-    proc = cli(*_args(server, inp, out))
+    proc = cli(*run_args(server.base_url, inp, out))
     assert proc.returncode == 0, proc.stderr
     assert "torn" in proc.stderr
     assert server.generation_requests == ROWS + 1
@@ -400,7 +383,7 @@ def test_torn_last_line_dropped_and_redone(server: FakeServer, inp: Path, out: P
 
 
 def test_output_state_file_written_atomically(server: FakeServer, inp: Path, out: Path) -> None:
-    assert cli(*_args(server, inp, out)).returncode == 0
+    assert cli(*run_args(server.base_url, inp, out)).returncode == 0
     state = json.loads(Path(str(out) + ".vbatch.json").read_text())
     assert state["job"]["model"] == "smol"
     assert state["job"]["request_defaults"]["max_tokens"] == 4
@@ -414,7 +397,9 @@ def test_unwritable_metrics_json_exits_2_and_sends_nothing(
 ) -> None:
     """--metrics-json is an output like -o: a path that cannot be written is bad usage, found
     before the job runs (exit 2, nothing sent), not a traceback after all the work is done."""
-    proc = cli(*_args(server, inp, out, "--metrics-json", "/proc/vbatch-no-such-dir/m.json"))
+    proc = cli(
+        *run_args(server.base_url, inp, out, "--metrics-json", "/proc/vbatch-no-such-dir/m.json")
+    )
     assert "Traceback" not in proc.stderr, proc.stderr[-400:]
     assert proc.returncode == 2
     assert "/proc/vbatch-no-such-dir/m.json" in proc.stderr
@@ -422,10 +407,10 @@ def test_unwritable_metrics_json_exits_2_and_sends_nothing(
 
 
 def test_explicit_resume_and_overwrite(server: FakeServer, inp: Path, out: Path) -> None:
-    assert cli(*_args(server, inp, out)).returncode == 0
-    assert cli(*_args(server, inp, out, "--resume")).returncode == 0
+    assert cli(*run_args(server.base_url, inp, out)).returncode == 0
+    assert cli(*run_args(server.base_url, inp, out, "--resume")).returncode == 0
     assert server.generation_requests == ROWS  # --resume (the default) sent nothing more
-    again = cli(*_args(server, inp, out, "--overwrite"))
+    again = cli(*run_args(server.base_url, inp, out, "--overwrite"))
     assert again.returncode == 0, again.stderr
     assert server.generation_requests == 2 * ROWS  # --overwrite started over
     assert len(read_jsonl(out)) == ROWS
