@@ -302,19 +302,26 @@ def _assert_shortened_by_the_server(server: FakeServer, record: dict[str, Any]) 
     assert len(_sent(server, key)) == 1
 
 
-async def test_overflow_error(server: FakeServer, tmp_path: Path) -> None:
+async def _run_overflow_rows(
+    server: FakeServer, tmp_path: Path, policy: str
+) -> tuple[vbatch.RunSummary, dict[str, dict[str, Any]]]:
+    """Run the overflow rows under ``policy``; check what both policies do alike (the row that
+    fits, the rows the server shortens itself); the records by id."""
     inp = write_jsonl(tmp_path / "in.jsonl", _overflow_rows())
     out = tmp_path / "out.jsonl"
-
     summary = await vbatch.arun(
-        str(inp), str(out), base_url=server.base_url, model="smol", on_overflow="error"
+        str(inp), str(out), base_url=server.base_url, model="smol", on_overflow=policy
     )
-
     by_id = _by_id(read_jsonl(out))
     assert by_id["fits"]["error"] is None
     assert by_id["fits"]["clamped_max_tokens"] is None
     for key in SHORTENED:
         _assert_shortened_by_the_server(server, by_id[key])
+    return summary, by_id
+
+
+async def test_overflow_error(server: FakeServer, tmp_path: Path) -> None:
+    summary, by_id = await _run_overflow_rows(server, tmp_path, "error")
     for key in TOO_MANY_TOKENS:
         record = by_id[key]
         error = record["error"]
@@ -335,18 +342,7 @@ async def test_overflow_error(server: FakeServer, tmp_path: Path) -> None:
 
 
 async def test_overflow_clamp(server: FakeServer, tmp_path: Path) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", _overflow_rows())
-    out = tmp_path / "out.jsonl"
-
-    summary = await vbatch.arun(
-        str(inp), str(out), base_url=server.base_url, model="smol", on_overflow="clamp"
-    )
-
-    by_id = _by_id(read_jsonl(out))
-    assert by_id["fits"]["error"] is None
-    assert by_id["fits"]["clamped_max_tokens"] is None
-    for key in SHORTENED:
-        _assert_shortened_by_the_server(server, by_id[key])
+    summary, by_id = await _run_overflow_rows(server, tmp_path, "clamp")
     for key, asked in zip(TOO_MANY_TOKENS, (4000, MAX_LEN + 1), strict=True):
         # The 400 does not say how long the prompt is: one /tokenize each, then one retry.
         record = by_id[key]
