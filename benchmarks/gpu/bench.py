@@ -206,7 +206,7 @@ def _vbatch(a: argparse.Namespace, *extra: str) -> None:
 
 
 def cmd_vbatch(a: argparse.Namespace) -> None:
-    _vbatch(a, "--base-url", a.url + "/v1", "--model", a.label, "--quiet")
+    _vbatch(a, "--base-url", a.url + "/v1", "--model", a.label, "--quiet", *a.vbatch_args.split())
 
 
 def cmd_vbatch_launch(a: argparse.Namespace) -> None:

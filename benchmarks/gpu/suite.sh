@@ -7,6 +7,7 @@
 #   server           start vLLM's server with those settings on :8000 (outlives the command)
 #   seed             the seed recipe, Semaphore(500), against it
 #   vbatch           vbatch run against it (default, adaptive window)
+#   vbatch-wN        vbatch run against it with a fixed window of N (--concurrency N)
 #   seed16 vbatch16  the same two with max_tokens 16
 #   stop             stop the server on :8000
 #   launch           vbatch run --model ... (vbatch starts vLLM with its batch settings and
@@ -32,6 +33,7 @@ for step in "$@"; do
     server) $B server --engine "$ENGINE" --log /root/logs/server_$label.log || tail -40 /root/logs/server_$label.log;;
     seed) $B seed --case seed_sem500;;
     vbatch) $B vbatch --case vbatch_server_default;;
+    vbatch-w*) $B vbatch --case vbatch_server_window${step#vbatch-w} --vbatch-args="--concurrency ${step#vbatch-w}";;
     seed16) $B seed --case seed_sem500 --max-tokens 16;;
     vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
     stop) bash .gpu/gpu/baseline/stop_server.sh;;

