@@ -14,7 +14,7 @@ import pytest
 
 from vbatch import Job, _plan, _sizing, make_job
 from vbatch._launcher import LaunchError, ServerSpec, VllmServer, detect_backend
-from vbatch._plan import LaunchPlan, plan_launch
+from vbatch._plan import LaunchPlan, plan_launch, pop_launch_options
 from vbatch._sizing import (
     CHAT_OVERHEAD_TOKENS,
     CHAT_TOKENS_PER_MESSAGE,
@@ -304,3 +304,23 @@ def test_a_hub_model_id_is_sized_from_its_config_and_tokenizer(
     plan = plan_launch(make_job(str(inp)), "org/model", backend="cpu")
     assert plan.measure.max_prompt_tokens == len("one two") + 2  # the byte bound
     assert any("could not be read" in note for note in plan.notes)
+
+
+def test_launch_options_are_those_the_caller_set() -> None:
+    # The CLI passes every flag, defaults included; only what differs asks something of a
+    # server vbatch starts (and so clashes with --base-url).
+    options: dict[str, Any] = {"model": "m", "concurrency": 8, "host": "127.0.0.1", "port": 0,
+                               "vllm_args": ["--enforce-eager"], "max_model_len": None,
+                               "startup_timeout_s": 900.0, "replicas": 2}  # fmt: skip
+    launch = pop_launch_options(options)
+    assert launch == {"vllm_args": ("--enforce-eager",), "replicas": 2}
+    assert options == {"model": "m", "concurrency": 8}  # the client's own are left
+
+
+def test_a_launch_option_beside_a_url_is_an_error(tmp_path: Path) -> None:
+    from vbatch import run
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"prompt": "p"}\n')
+    with pytest.raises(ValueError, match=r"^max_model_len: only for a server vbatch starts$"):
+        run(str(inp), base_url="http://127.0.0.1:9/v1", max_model_len=512, host="127.0.0.1")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ from ._dispatcher import DEFAULT_CONCURRENCY, Dispatcher
 from ._job import Job, RunSummary, iter_results, run_job
 from ._launcher import VllmServer
 from ._models import RequestDefaults, Result
-from ._plan import LaunchPlan, plan_launch
+from ._plan import LaunchPlan, plan_launch, pop_launch_options
 from ._progress import Progress
 from ._requests import FieldMap
 from ._retry import RetryPolicy
@@ -32,12 +31,6 @@ T = TypeVar("T")
 _DEFAULT_KEYS = {f.name for f in dataclasses.fields(RequestDefaults)}
 _FIELD_KEYS = {f.name for f in dataclasses.fields(FieldMap)}
 _JOB_KEYS = {f.name for f in dataclasses.fields(Job)} - {"input", "output", "defaults", "fields"}
-# Settings of a server vbatch starts itself (plan_launch's keyword arguments).
-LAUNCH_KEYS = {
-    name
-    for name, p in inspect.signature(plan_launch).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY
-} - {"concurrency"}
 
 
 def make_job(input: str, output: str | None = None, **options: Any) -> Job:
@@ -139,10 +132,6 @@ async def _session(
             await asyncio.to_thread(server.stop)
 
 
-def _split_launch(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options.pop(k) for k in list(options) if k in LAUNCH_KEYS}
-
-
 async def arun(
     input: str,
     output: str | None = None,
@@ -165,7 +154,7 @@ async def arun(
     ``tensor_parallel_size``, ``vllm_args``, ...) apply to it. A ``dispatcher`` passed in is left
     open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``).
     """
-    launch = _split_launch(options)
+    launch = pop_launch_options(options)
     job = make_job(input, output, **options)
     async with _session(job, base_url, dispatcher, launch, on_launch, stop, api_key=api_key,
                         concurrency=concurrency, timeout_s=timeout_s,
@@ -186,7 +175,7 @@ async def stream(
     **options: Any,
 ) -> AsyncIterator[Result]:
     """Yield each ``Result`` as it completes (written to ``output`` first, when given)."""
-    launch = _split_launch(options)
+    launch = pop_launch_options(options)
     job = make_job(input, output, **options)
     async with _session(job, base_url, dispatcher, launch, api_key=api_key,
                         concurrency=concurrency, timeout_s=timeout_s,

@@ -18,7 +18,7 @@ from ._errors import VbatchError
 from ._job import ORDERS, RunSummary
 from ._launcher import VllmServer
 from ._parquet import write_parquet
-from ._plan import LaunchPlan, plan_launch
+from ._plan import LaunchPlan, plan_launch, pop_launch_options
 from ._progress import choose_progress
 from ._requests import ENDPOINT_MODES
 from ._sources import FORMATS
@@ -93,26 +93,6 @@ def launch_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def _launch_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    """Pop the launch options out of ``options``; keep those the user set."""
-    keys = ("max_model_len", "max_num_seqs", "tensor_parallel_size", "data_parallel_size",
-            "gpu_memory_utilization", "dtype")  # fmt: skip
-    launch = {k: v for k in keys if (v := options.pop(k, None)) is not None}
-    host, port, replicas = options.pop("host"), options.pop("port"), options.pop("replicas")
-    if replicas is not None:
-        launch["replicas"] = replicas
-    vllm_args, timeout = options.pop("vllm_args"), options.pop("startup_timeout_s")
-    if host != "127.0.0.1":
-        launch["host"] = host
-    if port:
-        launch["port"] = port
-    if vllm_args:
-        launch["vllm_args"] = tuple(vllm_args)
-    if timeout != 900.0:
-        launch["startup_timeout_s"] = timeout
-    return launch
 
 
 def _announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
@@ -318,7 +298,7 @@ def run_command(
     Exit codes: 0 every row succeeded; 1 some rows ended as error records;
     2 bad usage, input or output (nothing sent); 130 interrupted (results so far kept).
     """
-    launch = _launch_kwargs(options)
+    launch = pop_launch_options(options)
     if base_url and launch:
         flag = "--" + next(iter(launch)).replace("_", "-")
         raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
@@ -377,7 +357,7 @@ def serve_command(model: str | None, **options: Any) -> None:
     For reuse across several `vbatch run --base-url URL` calls. It listens on 127.0.0.1 unless
     --host says otherwise; Ctrl-C stops it and every process it started.
     """
-    launch = _launch_kwargs(options)
+    launch = pop_launch_options(options)
     try:
         plan = plan_launch(None, model, **{"replicas": 1, **launch})
         if plan.replicas > 1:

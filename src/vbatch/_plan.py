@@ -6,6 +6,7 @@ what window. The data's needs come from ``_sizing``; the choices here were measu
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from ._job import Job
 from ._launcher import ServerSpec, cpu_has_bf16, detect_backend
 from ._sizing import InputMeasure, kv_bytes_per_token, measure_input, model_config, model_files
 
-__all__ = ["LaunchPlan", "plan_launch"]
+__all__ = ["LaunchPlan", "plan_launch", "pop_launch_options"]
 
 # vLLM's own max_num_seqs defaults (0.32 on CPU; 0.26 on an H100), for the default window of
 # twice that: every finished sequence finds the next request already waiting in the server.
@@ -207,3 +208,28 @@ def plan_launch(
     )
     window = concurrency or 2 * seqs * replicas
     return LaunchPlan(spec, served, window, measure, replicas, notes, start_together)
+
+
+# What a caller may say about a server vbatch starts: plan_launch's keyword arguments, with
+# their defaults. ``concurrency`` is the client's window, not the server's.
+_LAUNCH_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(plan_launch).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "concurrency"
+}
+
+
+def pop_launch_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Take plan_launch's settings out of ``options`` (the CLI's and the library's flat
+    keywords alike) and keep those that differ from their defaults: whatever is left is
+    something asked of a server vbatch starts, which is an error beside a URL of one's own."""
+    launch = {}
+    for name, default in _LAUNCH_DEFAULTS.items():
+        if name not in options:
+            continue
+        value = options.pop(name)
+        if isinstance(value, list):
+            value = tuple(value)  # vllm_args
+        if value != default:
+            launch[name] = value
+    return launch
