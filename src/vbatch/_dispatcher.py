@@ -26,7 +26,7 @@ from ._transport import Response, Transport, TransportError
 __all__ = ["DEFAULT_CONCURRENCY", "OVERFLOW_POLICIES", "Dispatcher"]
 
 # vLLM's default largest CUDA-graph batch: a bigger step runs without graphs, and a hand-started
-# server with default settings gave its best at this window (docs/benchmarks.md, H200 run 3).
+# server with default settings gave its best at this window (docs/benchmarks.md, section 2c).
 DEFAULT_CONCURRENCY = 512
 OVERFLOW_POLICIES = ("error", "clamp")
 _DONE = object()
