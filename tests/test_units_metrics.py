@@ -148,6 +148,7 @@ def test_controller_keeps_the_start_when_growth_does_not_pay() -> None:
         assert ctl.history[0] == (0.0, 512, 0.0)
         assert max(windows) > 512  # it probes...
         assert min(windows) == 512  # ...and never goes below the start, which never lost
+        assert ctl.capped  # held below the batch on purpose (the display says so)
         shares.append(sum(base(w) for w in windows) / len(windows) / base(512))
     # Growth the swing carries costs a few percent at worst; a rule that undid only losses of
     # over 10% kept 1,024 (0.93) every time.

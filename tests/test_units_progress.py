@@ -47,6 +47,18 @@ def test_server_saturation_is_shown_when_known() -> None:
     assert "256 running, 12 waiting (saturated)" in buf.getvalue()
 
 
+def test_a_window_held_by_its_throughput_check_is_not_called_client_bound() -> None:
+    s = stats()
+    s.server_running, s.server_waiting = 512, 0
+    buf = io.StringIO()
+    LogProgress(buf).refresh(s)
+    assert "512 running, 0 waiting (client-bound: more in flight would help)" in buf.getvalue()
+    s.window_capped = True
+    buf = io.StringIO()
+    LogProgress(buf).refresh(s)
+    assert "512 running, 0 waiting (window held: more in flight measured slower)" in buf.getvalue()
+
+
 def test_choose_progress() -> None:
     assert isinstance(choose_progress(quiet=True), NullProgress)
     assert isinstance(choose_progress(stream=io.StringIO()), LogProgress)

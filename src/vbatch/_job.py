@@ -249,4 +249,5 @@ async def _tick(progress: Progress, stats: Stats, dispatcher: Dispatcher) -> Non
         if load is not None:
             stats.server_running, stats.server_waiting = load.running, load.waiting
         stats.window = dispatcher.concurrency
+        stats.window_capped = dispatcher.adaptive and dispatcher.controller.capped
         progress.refresh(stats)

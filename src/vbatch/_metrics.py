@@ -137,6 +137,12 @@ class WindowController:
         self.history: deque[tuple[float, int, float]] = deque(maxlen=256)
         self._t0: float | None = None
 
+    @property
+    def capped(self) -> bool:
+        """Whether a bigger window did not pay lately, so the window stays below what the
+        server would take (the progress display says so rather than "client-bound")."""
+        return self._ceiling <= self.max_window
+
     def _start(self, window: int, now: float) -> int:
         if self._t0 is None:
             self._t0 = now

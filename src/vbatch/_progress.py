@@ -47,7 +47,12 @@ def _server(stats: Stats) -> str:
     if stats.server_running is None:
         return ""
     waiting = stats.server_waiting or 0
-    state = "saturated" if waiting > 0 else "client-bound: more in flight would help"
+    if waiting > 0:
+        state = "saturated"
+    elif stats.window_capped:
+        state = "window held: more in flight measured slower"
+    else:
+        state = "client-bound: more in flight would help"
     window = f", window {stats.window}" if stats.window else ""
     return f"server: {stats.server_running} running, {waiting} waiting ({state}){window}"
 

@@ -27,6 +27,7 @@ class Stats:
     server_running: int | None = None
     server_waiting: int | None = None
     window: int | None = None  # the dispatcher's current in-flight limit
+    window_capped: bool = False  # an adaptive window held small: a bigger one was slower
     # An adaptive window's changes, (seconds since start, window, output tok/s it replaced).
     window_history: list[tuple[float, int, float]] | None = None
     cpu_start_s: float = field(default_factory=time.process_time)
