@@ -31,10 +31,14 @@ def test_rich_progress_shows_counts_rates_errors() -> None:
     assert "ETA 00:1" in text  # 60 rows left at ~4 rows/s
 
 
-def test_log_progress_writes_plain_lines() -> None:
+def log_line(s: Stats) -> str:
     buf = io.StringIO()
-    LogProgress(buf).refresh(stats())
-    line = buf.getvalue()
+    LogProgress(buf).refresh(s)
+    return buf.getvalue()
+
+
+def test_log_progress_writes_plain_lines() -> None:
+    line = log_line(stats())
     assert line.startswith("vbatch: 40/100 rows | 8 in flight |")
     assert "\x1b[" not in line  # no terminal codes
 
@@ -42,21 +46,15 @@ def test_log_progress_writes_plain_lines() -> None:
 def test_server_saturation_is_shown_when_known() -> None:
     s = stats()
     s.server_running, s.server_waiting = 256, 12
-    buf = io.StringIO()
-    LogProgress(buf).refresh(s)
-    assert "256 running, 12 waiting (saturated)" in buf.getvalue()
+    assert "256 running, 12 waiting (saturated)" in log_line(s)
 
 
 def test_a_window_held_by_its_throughput_check_is_not_called_client_bound() -> None:
     s = stats()
     s.server_running, s.server_waiting = 512, 0
-    buf = io.StringIO()
-    LogProgress(buf).refresh(s)
-    assert "512 running, 0 waiting (client-bound: more in flight would help)" in buf.getvalue()
+    assert "512 running, 0 waiting (client-bound: more in flight would help)" in log_line(s)
     s.window_capped = True
-    buf = io.StringIO()
-    LogProgress(buf).refresh(s)
-    assert "512 running, 0 waiting (window held: more in flight measured slower)" in buf.getvalue()
+    assert "512 running, 0 waiting (window held: more in flight measured slower)" in log_line(s)
 
 
 def test_choose_progress() -> None:
