@@ -97,6 +97,15 @@ def _simulate(
     return windows, ctl
 
 
+def _noisy(
+    base: Callable[[int], float], seed: int, first_look: float = 1.0
+) -> Callable[[int, int], float]:
+    """A modelled server's rate: ``base(window)`` swinging +-10% a second, and ``first_look``
+    times that in the job's first 6 s (its first requests all decoding in step)."""
+    noise = random.Random(seed)
+    return lambda w, now: base(w) * noise.uniform(0.9, 1.1) * (first_look if now < 6 else 1.0)
+
+
 def test_controller_keeps_growing_while_throughput_follows() -> None:
     # A server whose throughput rises with the batch up to its max_num_seqs (1024).
     windows, ctl = _simulate(lambda w, _: 30.0 * min(w, 1024), 200)
@@ -125,8 +134,7 @@ def test_controller_backs_off_a_growth_that_cost_throughput() -> None:
 def test_controller_grows_through_noisy_rates() -> None:
     # A real server's rate swings (prefill bursts, requests finishing together): +-10% a second
     # must not read as a growth step that cost throughput.
-    noise = random.Random(7)
-    windows, _ = _simulate(lambda w, _: 30.0 * min(w, 1024) * noise.uniform(0.9, 1.1), 300)
+    windows, _ = _simulate(_noisy(lambda w: 30.0 * min(w, 1024), seed=7), 300)
     late = windows[60:]
     assert sum(w >= 1024 for w in late) >= 0.9 * len(late), late[::10]
 
@@ -138,13 +146,9 @@ def test_controller_keeps_the_start_when_growth_does_not_pay() -> None:
     def base(w: int) -> float:
         return 36_900.0 if w <= 512 else 36_900.0 - 3_700.0 * (min(w, 1024) - 512) / 512
 
-    def server(seed: int) -> Callable[[int, int], float]:
-        noise = random.Random(seed)
-        return lambda w, now: base(w) * noise.uniform(0.9, 1.1) * (1.35 if now < 6 else 1.0)
-
     shares = []
     for seed in range(20):
-        windows, ctl = _simulate(server(seed), 600, start=DEFAULT_CONCURRENCY)
+        windows, ctl = _simulate(_noisy(base, seed, 1.35), 600, start=DEFAULT_CONCURRENCY)
         assert ctl.history[0] == (0.0, 512, 0.0)
         assert max(windows) > 512  # it probes...
         assert min(windows) == 512  # ...and never goes below the start, which never lost
@@ -163,12 +167,8 @@ def test_controller_takes_growth_that_pays_despite_a_high_first_look() -> None:
     def base(w: int) -> float:
         return 30_000.0 * (1 + 0.15 * max(0, min(w, 1024) - 512) / 512)
 
-    def server(seed: int) -> Callable[[int, int], float]:
-        noise = random.Random(seed)
-        return lambda w, now: base(w) * noise.uniform(0.9, 1.1) * (1.13 if now < 6 else 1.0)
-
     for seed in range(20):
-        windows, ctl = _simulate(server(seed), 60, start=DEFAULT_CONCURRENCY)
+        windows, ctl = _simulate(_noisy(base, seed, 1.13), 60, start=DEFAULT_CONCURRENCY)
         assert windows[40] >= 1024, list(ctl.history)
 
 
