@@ -245,18 +245,23 @@ def test_two_replicas_by_default_for_a_small_model_on_a_big_gpu(
     assert plan_launch(job, str(model), backend="gpu").replicas == 1
 
 
-def test_measure_input_counts_with_the_models_tokenizer_in_batches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _save_word_tokenizer(folder: Path) -> None:
+    """A ``tokenizer.json`` that makes one token of each word."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
 
+    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def test_measure_input_counts_with_the_models_tokenizer_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = tmp_path / "model"
     model.mkdir()
-    tok = Tokenizer(WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
-    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
-    tok.save(str(model / "tokenizer.json"))  # one token per word
+    _save_word_tokenizer(model)
     monkeypatch.setattr(_sizing, "TOKENIZE_BATCH", 3)
     words = [5, 40, 7, 12, 39, 3, 2, 1]  # the longest prompt is the 2nd row, in the 1st batch
     rows = [{"prompt": " ".join(["word"] * n), "max_tokens": 10} for n in words]
@@ -271,16 +276,11 @@ def test_a_hub_model_id_is_sized_from_its_config_and_tokenizer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
 
     snapshot = tmp_path / "hub" / "snapshots" / "abc"
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text(json.dumps({**SMOL_SHAPE, "max_position_embeddings": 96}))
-    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
-    tok.save(str(snapshot / "tokenizer.json"))
+    _save_word_tokenizer(snapshot)
     fetched: list[tuple[str, str]] = []
 
     def download(repo_id: str, filename: str, **kw: Any) -> str:
