@@ -18,6 +18,7 @@ from vbatch._plan import LaunchPlan, plan_launch, pop_launch_options
 from vbatch._sizing import (
     CHAT_OVERHEAD_TOKENS,
     CHAT_TOKENS_PER_MESSAGE,
+    approx_params,
     kv_bytes_per_token,
     measure_input,
 )
@@ -167,7 +168,12 @@ def test_vllm_cpu_needs_a_kv_cache_size(tmp_path: Path) -> None:
 
 
 SMOL_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 30, "hidden_size": 576,
-              "num_attention_heads": 9, "num_key_value_heads": 3}  # fmt: skip
+              "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
+              "vocab_size": 49152, "tie_word_embeddings": True}  # fmt: skip
+# The ~1B Llama shape of the GPU benchmarks (benchmarks/gpu).
+LLAMA_1B_SHAPE = {**SMOL_SHAPE, "num_hidden_layers": 16, "hidden_size": 2048,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+                  "intermediate_size": 8192}  # fmt: skip
 
 
 def test_kv_bytes_per_token_of_plain_decoders_only() -> None:
@@ -175,6 +181,19 @@ def test_kv_bytes_per_token_of_plain_decoders_only() -> None:
     assert kv_bytes_per_token({**SMOL_SHAPE, "head_dim": 128}) == 2 * 30 * 3 * 128 * 2
     assert kv_bytes_per_token({**SMOL_SHAPE, "kv_lora_rank": 512}) is None  # MLA
     assert kv_bytes_per_token({"text_config": SMOL_SHAPE}) is None
+
+
+def test_approx_params_of_plain_decoders_only() -> None:
+    # SmolLM2-135M: 30 layers of attention (q, o 576x576; k, v 576x192) and a gated MLP, plus
+    # the tied embedding.
+    layer = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536
+    assert approx_params(SMOL_SHAPE) == 30 * layer + 49152 * 576
+    assert 130e6 < approx_params(SMOL_SHAPE) < 140e6  # type: ignore[operator]
+    assert 1.0e9 < approx_params(LLAMA_1B_SHAPE) < 1.1e9  # type: ignore[operator]
+    untied = approx_params({**SMOL_SHAPE, "tie_word_embeddings": False})
+    assert untied == approx_params(SMOL_SHAPE) + 49152 * 576  # type: ignore[operator]
+    assert approx_params({**SMOL_SHAPE, "num_local_experts": 8}) is None  # mixture of experts
+    assert approx_params({k: v for k, v in SMOL_SHAPE.items() if k != "vocab_size"}) is None
 
 
 def _gpu_job(tmp_path: Path, config: dict[str, Any]) -> tuple[Job, Path]:
@@ -224,23 +243,41 @@ LLAMA_8B_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 32, "hid
                   "num_attention_heads": 32, "num_key_value_heads": 8}  # fmt: skip
 
 
-def test_two_replicas_by_default_for_a_small_model_on_a_big_gpu(
+def test_replicas_by_default_for_small_models_on_a_big_gpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 140 * 2**30)
-    monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(16)))
+    cores = 16
+    monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    # Under half a billion weights: three servers; the 1B shape: two.
     job, model = _gpu_job(tmp_path, SMOL_SHAPE)
     plan = plan_launch(job, str(model), backend="gpu")
-    assert plan.replicas == 2 and plan.start_together
-    assert any("2 replicas" in note for note in plan.notes)
-    # Not where something else spreads the model, nor on CPU, nor on a small machine.
+    assert plan.replicas == 3 and plan.start_together
+    assert plan.spec.gpu_memory_utilization == 0.3
+    assert any("3 replicas" in note for note in plan.notes)
+    (tmp_path / "1b").mkdir()
+    job_1b, model_1b = _gpu_job(tmp_path / "1b", LLAMA_1B_SHAPE)
+    assert plan_launch(job_1b, str(model_1b), backend="gpu").replicas == 2
+    # A shape whose size cannot be told gets the count for bigger models.
+    (model / "config.json").write_text(json.dumps({**SMOL_SHAPE, "intermediate_size": None}))
+    assert plan_launch(job, str(model), backend="gpu").replicas == 2
+    (model / "config.json").write_text(json.dumps(SMOL_SHAPE))
+    # Not where something else spreads the model, nor on CPU.
     assert plan_launch(job, str(model), backend="gpu", tensor_parallel_size=2).replicas == 1
     assert plan_launch(job, str(model), backend="gpu", port=8123).replicas == 1
     assert plan_launch(job, str(model), backend="cpu").replicas == 1
-    monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(4)))
+    # Four cores a replica: fewer cores, fewer replicas.
+    cores = 8
+    assert plan_launch(job, str(model), backend="gpu").replicas == 2
+    cores = 4
     assert plan_launch(job, str(model), backend="gpu").replicas == 1
+    # Fewer replicas where three full batches would not fit in their shares.
+    cores = 16
+    # (11.25 GiB of KV each: more than a fifth of 48 GiB, within three tenths.)
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 48 * 2**30)
+    assert plan_launch(job, str(model), backend="gpu").replicas == 2
     # An 8B model's full batch (64 GiB of KV at 512 tokens) does not leave room for two.
-    monkeypatch.setattr(_plan.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(_plan, "gpu_memory_bytes", lambda: 140 * 2**30)
     job, model = _gpu_job(tmp_path, LLAMA_8B_SHAPE)
     assert plan_launch(job, str(model), backend="gpu").replicas == 1
 

@@ -11,7 +11,7 @@
 #   seed16 vbatch16  the same two with max_tokens 16
 #   stop             stop the server on :8000
 #   launch           vbatch run --model ... (vbatch starts vLLM with its batch settings and
-#                    its default replicas: 2 for these small models on a big GPU)
+#                    its default replicas: 3 for SmolLM2-135M, 2 for the 1B shape, on a big GPU)
 #   launch-rN        the same with --replicas N (launch-r1: one server)
 #   launch16 launch16-rN   the same two with max_tokens 16
 set -u

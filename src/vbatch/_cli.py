@@ -74,8 +74,9 @@ def launch_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--replicas", type=click.IntRange(min=1),
                      help="vLLM servers sharing the GPU(s), requests spread by load: for small "
                           "models whose engine loop (one CPU core each) is the limit "
-                          "[default: 2 on a GPU when two full batches of the model fit with "
-                          "room to spare and there are 8+ cores, else 1]."),
+                          "[default on a GPU: 3 for models under ~0.5B weights, else 2, when "
+                          "their full batches fit with room to spare and there are 4 cores "
+                          "per replica; else 1]."),
         click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
                      help="Share of GPU memory vLLM may take [default: 0.9 on GPU]."),
         click.option("--dtype", help="Model dtype [default on CPU: bfloat16 with AMX or "

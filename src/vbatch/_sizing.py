@@ -22,7 +22,14 @@ from ._models import CHAT
 from ._requests import RequestBuilder
 from ._sources import open_source
 
-__all__ = ["InputMeasure", "kv_bytes_per_token", "measure_input", "model_config", "model_files"]
+__all__ = [
+    "InputMeasure",
+    "approx_params",
+    "kv_bytes_per_token",
+    "measure_input",
+    "model_config",
+    "model_files",
+]
 
 # Chat template tokens around the messages: role markers, a default system prompt (SmolLM2's
 # is ~20 tokens), the generation prompt. A bound, not a count.
@@ -169,6 +176,28 @@ def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
     if not all(isinstance(v, int) and v > 0 for v in values):
         return None
     return 2 * layers * kv_heads * head_dim * 2  # type: ignore[operator]
+
+
+# The config fields ``approx_params`` needs.
+_PARAM_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                 "vocab_size")  # fmt: skip
+
+
+def approx_params(config: dict[str, Any]) -> int | None:
+    """About how many weights a plain decoder has (attention, gated MLP, embeddings), from its
+    config alone, so it works before (or without) any weights are on disk; None for shapes this
+    count would get wrong (mixture of experts, MLA, nested multimodal configs, missing fields)."""
+    if any(key in config for key in ("kv_lora_rank", "num_experts", "num_local_experts")):
+        return None
+    sizes = [config.get(key) for key in _PARAM_FIELDS]
+    if not all(isinstance(v, int) and v > 0 for v in sizes):
+        return None
+    layers, hidden, heads, mlp, vocab = (int(v) for v in sizes)  # type: ignore[arg-type]
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
+    embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
+    return layers * (attention + 3 * hidden * mlp) + embeddings
 
 
 def model_files(model: str) -> Path | None:
