@@ -162,9 +162,9 @@ def model_config(model_dir: Path | None) -> dict[str, Any]:
     return config
 
 
-def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
-    """KV cache bytes one token takes (16-bit), for a plain decoder config; None for shapes this
-    simple count would get wrong (MLA, nested multimodal configs, missing fields)."""
+def _kv_shape(config: dict[str, Any]) -> tuple[int, int, int] | None:
+    """A plain decoder's (layers, KV heads, head size), head size from hidden/heads when the
+    config does not give it; None for MLA and for fields missing or not positive integers."""
     layers = config.get("num_hidden_layers")
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads", heads)
@@ -175,26 +175,35 @@ def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
     values = (layers, kv_heads, head_dim)
     if not all(isinstance(v, int) and v > 0 for v in values):
         return None
-    return 2 * layers * kv_heads * head_dim * 2  # type: ignore[operator]
+    return layers, kv_heads, head_dim  # type: ignore[return-value]
 
 
-# The config fields ``approx_params`` needs.
-_PARAM_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-                 "vocab_size")  # fmt: skip
+def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
+    """KV cache bytes one token takes (16-bit), for a plain decoder config; None for shapes this
+    simple count would get wrong (MLA, nested multimodal configs, missing fields)."""
+    shape = _kv_shape(config)
+    if shape is None:
+        return None
+    layers, kv_heads, head_dim = shape
+    return 2 * layers * kv_heads * head_dim * 2
+
+
+# The config fields ``approx_params`` needs besides the KV shape.
+_PARAM_FIELDS = ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
 def approx_params(config: dict[str, Any]) -> int | None:
     """About how many weights a plain decoder has (attention, gated MLP, embeddings), from its
     config alone, so it works before (or without) any weights are on disk; None for shapes this
     count would get wrong (mixture of experts, MLA, nested multimodal configs, missing fields)."""
-    if any(key in config for key in ("kv_lora_rank", "num_experts", "num_local_experts")):
-        return None
+    shape = _kv_shape(config)
     sizes = [config.get(key) for key in _PARAM_FIELDS]
-    if not all(isinstance(v, int) and v > 0 for v in sizes):
+    if shape is None or not all(isinstance(v, int) and v > 0 for v in sizes):
         return None
-    layers, hidden, heads, mlp, vocab = (int(v) for v in sizes)  # type: ignore[arg-type]
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    kv_heads = int(config.get("num_key_value_heads") or heads)
+    if "num_experts" in config or "num_local_experts" in config:
+        return None
+    layers, kv_heads, head_dim = shape
+    hidden, heads, mlp, vocab = (int(v) for v in sizes)  # type: ignore[arg-type]
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
     return layers * (attention + 3 * hidden * mlp) + embeddings
