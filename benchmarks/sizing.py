@@ -1,6 +1,6 @@
 """Sizing benchmark: the pass that counts prompts in the model's tokens before vbatch starts vLLM.
 
-Writes N rows of English-like prompts (20-120 words, seeded), then times ``measure_input`` with
+Writes N rows of English-like prompts (20-120 words, seeded), then times ``measure_requests`` with
 the embedded model's tokenizer, and, for scale, the validating pass over the same rows.
 
 usage: python benchmarks/sizing.py [--rows 1000000]     (from the project root, its venv)
@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from vbatch import RequestBuilder, make_job
-from vbatch._embedded import ensure_embedded_model
-from vbatch._sizing import measure_input
-from vbatch._sources import open_source
-from vbatch._validate import validate_input
+from vbatch._engine.embedded import ensure_embedded_model
+from vbatch._engine.sizing import measure_requests
+from vbatch._input.sources import open_source
+from vbatch._input.validate import validate_input
+from vbatch._job import preview_requests
 
 WORDS = [
     "the",
@@ -56,7 +57,7 @@ def main() -> None:
         job = make_job(str(path), model="m")
         model_dir = ensure_embedded_model()
         t0 = time.perf_counter()
-        measure = measure_input(job, model_dir, 64)
+        measure = measure_requests(preview_requests(job), model_dir, 64)
         sizing_s = time.perf_counter() - t0
         source = open_source(job.input, job.input_format)
         builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint)

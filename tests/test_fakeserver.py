@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from fakeserver import FakeServer, completion_text, error_body, overflow_message
 
-from vbatch._overflow import Overflow, parse_overflow
+from vbatch._client.overflow import Overflow, parse_overflow
 
 
 async def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:

@@ -1,26 +1,41 @@
-"""vbatch: large batch generation on vLLM."""
+"""vbatch: large batch generation on vLLM.
+
+The public surface is exactly ``__all__``; the subpackages (``_input``, ``_client``,
+``_output``, ``_engine``, ``_fleet``, ``_cli``) are the internal layout and may change.
+"""
 
 from ._api import arun, connect, make_job, run, stream
-from ._dispatcher import DEFAULT_CONCURRENCY, Dispatcher
-from ._errors import InputError, OutputError, ResumeError, VbatchError
+from ._client.dispatcher import Dispatcher
+from ._client.retry import RetryPolicy, StopAfterAttempt, StopAfterDelay, WaitExponentialJitter
+from ._client.stats import Stats
+from ._client.transport import AiohttpTransport, MockTransport, Response, Transport
+from ._config import DEFAULT_CONCURRENCY
+from ._errors import (
+    ConfigError,
+    InputError,
+    LaunchError,
+    OutputError,
+    ResumeError,
+    TransportError,
+    VbatchError,
+)
+from ._input.requests import FieldMap, RequestBuilder
 from ._job import Job, RunSummary, iter_results, run_job
 from ._models import ErrorInfo, PreparedRequest, RequestDefaults, Result
 from ._progress import LogProgress, NullProgress, Progress, RichProgress
-from ._requests import FieldMap, RequestBuilder
-from ._retry import RetryPolicy, StopAfterAttempt, StopAfterDelay, WaitExponentialJitter
-from ._stats import Stats
-from ._transport import AiohttpTransport, MockTransport, Response, Transport, TransportError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "AiohttpTransport",
+    "ConfigError",
     "Dispatcher",
     "ErrorInfo",
     "FieldMap",
     "InputError",
     "Job",
+    "LaunchError",
     "LogProgress",
     "MockTransport",
     "NullProgress",

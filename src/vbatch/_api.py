@@ -2,8 +2,9 @@
 
 Each takes the input path, the output path and keyword options; options named like
 ``RequestDefaults`` fields (model, max_tokens, ...) become request defaults, those named like
-``FieldMap`` fields (prompt_field, template, ...) say where rows keep things, the rest are ``Job``
-fields (order, on_overflow, ...).
+``FieldMap`` fields (prompt_field, template, ...) say where rows keep things, those named like
+``LaunchOptions`` fields (max_model_len, replicas, ...) say how to start vLLM, the rest are
+``Job`` fields (order, on_overflow, ...).
 """
 
 from __future__ import annotations
@@ -15,19 +16,31 @@ import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from ._dispatcher import DEFAULT_CONCURRENCY, Dispatcher
-from ._job import Job, RunSummary, iter_results, run_job
-from ._launcher import VllmServer
+from ._client.dispatcher import Dispatcher
+from ._client.endpoints import FleetTransport
+from ._client.retry import RetryPolicy
+from ._config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT_S,
+    ClientOptions,
+    LaunchOptions,
+)
+from ._engine.plan import LaunchPlan, plan_server
+from ._engine.server import VllmServer
+from ._errors import ConfigError
+from ._fleet.base import Fleet
+from ._fleet.local import LocalFleet
+from ._fleet.static import StaticFleet
+from ._input.requests import FieldMap
+from ._job import Job, RunSummary, iter_results, preview_requests, run_job
 from ._models import RequestDefaults, Result
-from ._plan import LaunchPlan, plan_launch, pop_launch_options
 from ._progress import Progress
-from ._requests import FieldMap
-from ._retry import RetryPolicy
-from ._transport import AiohttpTransport, ReplicaTransport
 
 __all__ = ["arun", "connect", "make_job", "run", "run_sync", "stream"]
 
 T = TypeVar("T")
+OnLaunch = Callable[[LaunchPlan, list[VllmServer]], None]
 _DEFAULT_KEYS = {f.name for f in dataclasses.fields(RequestDefaults)}
 _FIELD_KEYS = {f.name for f in dataclasses.fields(FieldMap)}
 _JOB_KEYS = {f.name for f in dataclasses.fields(Job)} - {"input", "output", "defaults", "fields"}
@@ -51,13 +64,23 @@ def make_job(input: str, output: str | None = None, **options: Any) -> Job:
     )
 
 
+def _dispatcher(fleet: Fleet, client: ClientOptions, retry: RetryPolicy | None) -> Dispatcher:
+    transport = FleetTransport(fleet, client.api_key, client.timeout_s)
+    return Dispatcher(
+        transport,
+        concurrency=client.concurrency or DEFAULT_CONCURRENCY,
+        adaptive=client.concurrency is None,
+        retry=retry or RetryPolicy.default(client.max_attempts),
+    )
+
+
 def connect(
     base_url: str | Sequence[str],
     *,
     api_key: str | None = None,
     concurrency: int | None = None,
-    timeout_s: float = 600.0,
-    max_attempts: int = 5,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     retry: RetryPolicy | None = None,
 ) -> Dispatcher:
     """A dispatcher for the OpenAI-compatible server at ``base_url`` (``.../v1``).
@@ -68,19 +91,8 @@ def connect(
     ``DEFAULT_CONCURRENCY``. Several URLs (replicas of one model) share the window, each request
     going to the least busy.
     """
-    key = api_key or os.environ.get("OPENAI_API_KEY")
-    urls = [base_url] if isinstance(base_url, str) else list(base_url)
-    replicas = [AiohttpTransport(url, api_key=key, timeout_s=timeout_s) for url in urls]
-    transport: AiohttpTransport | ReplicaTransport = (
-        replicas[0] if len(replicas) == 1 else ReplicaTransport(replicas)
-    )
-    return Dispatcher(
-        transport,
-        concurrency=concurrency or DEFAULT_CONCURRENCY,
-        adaptive=concurrency is None,
-        retry=retry or RetryPolicy.default(max_attempts),
-        api_prefix=transport.api_prefix,
-    )
+    client = _client_options(api_key, concurrency, timeout_s, max_attempts)
+    return _dispatcher(StaticFleet(base_url), client, retry)
 
 
 @contextlib.asynccontextmanager
@@ -88,48 +100,44 @@ async def _session(
     job: Job,
     base_url: str | None,
     dispatcher: Dispatcher | None,
-    launch: dict[str, Any],
-    on_launch: Callable[[LaunchPlan, list[VllmServer]], None] | None = None,
+    launch: LaunchOptions,
+    client: ClientOptions,
+    on_launch: OnLaunch | None = None,
     stop: asyncio.Event | None = None,
-    **connect_kw: Any,
 ) -> AsyncIterator[tuple[Job, Dispatcher]]:
-    """The dispatcher to run ``job`` with: the one given, one for ``base_url``, or one for a
-    vLLM server started (and stopped afterwards) for this job when neither is given."""
+    """The dispatcher to run ``job`` with: the one given, one for ``base_url``, or one for vLLM
+    servers started (and stopped afterwards) for this job when neither is given."""
     if dispatcher is not None:
         yield job, dispatcher
         return
     base_url = base_url or os.environ.get("VBATCH_BASE_URL")
+    fleet: Fleet
     if base_url:
-        if launch:
-            raise ValueError(f"{', '.join(sorted(launch))}: only for a server vbatch starts")
-        async with connect(base_url, **connect_kw) as disp:
-            yield job, disp
-        return
-    plan = await asyncio.to_thread(plan_launch, job, job.defaults.model, **launch)
-    job = dataclasses.replace(
-        job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
-    )
-    servers = [VllmServer(plan.spec) for _ in range(plan.replicas)]
+        if launch.given():
+            raise ConfigError(f"{', '.join(launch.given())}: only for a server vbatch starts")
+        fleet = StaticFleet(base_url)
+    else:
+        plan = await asyncio.to_thread(plan_server, job.defaults.model, preview_requests(job),
+                                       launch, job.defaults.max_tokens)  # fmt: skip
+        job = dataclasses.replace(
+            job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
+        )
+        client = dataclasses.replace(client, concurrency=client.concurrency or plan.concurrency)
+        fleet = LocalFleet(plan, on_launch, stop)
     try:
-        # Together when each has a fixed KV cache; otherwise one after another (plan.py).
-        batches = [servers] if plan.start_together else [[s] for s in servers]
-        for batch in batches:
-            for server in batch:
-                await asyncio.to_thread(server.start)
-            if on_launch is not None and batch[0] is servers[0]:
-                on_launch(plan, servers)
-            for server in batch:
-                while not await asyncio.to_thread(server.healthy):
-                    if stop is not None and stop.is_set():
-                        # Ctrl-C while vLLM starts: stop it (below) and end as interrupted.
-                        raise KeyboardInterrupt
-                    await asyncio.sleep(0.5)
-        connect_kw["concurrency"] = connect_kw.get("concurrency") or plan.concurrency
-        async with connect([s.base_url for s in servers], **connect_kw) as disp:
+        await fleet.start()
+        async with _dispatcher(fleet, client, None) as disp:
             yield job, disp
     finally:
-        for server in servers:
-            await asyncio.to_thread(server.stop)
+        await fleet.stop()
+
+
+def _client_options(
+    api_key: str | None, concurrency: int | None, timeout_s: float, max_attempts: int
+) -> ClientOptions:
+    """The key defaults to ``$OPENAI_API_KEY``."""
+    key = api_key or os.environ.get("OPENAI_API_KEY")
+    return ClientOptions(key, concurrency, timeout_s, max_attempts)
 
 
 async def arun(
@@ -142,23 +150,22 @@ async def arun(
     stop: asyncio.Event | None = None,
     api_key: str | None = None,
     concurrency: int | None = None,
-    timeout_s: float = 600.0,
-    max_attempts: int = 5,
-    on_launch: Callable[[LaunchPlan, list[VllmServer]], None] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    on_launch: OnLaunch | None = None,
     **options: Any,
 ) -> RunSummary:
     """Run a whole job and return its summary.
 
-    Without ``base_url`` (or ``$VBATCH_BASE_URL``) or ``dispatcher``, a vLLM server is started
-    for the job, sized for its data, and stopped at the end; launch options (``max_model_len``,
+    Without ``base_url`` (or ``$VBATCH_BASE_URL``) or ``dispatcher``, vLLM is started for the
+    job, sized for its data, and stopped at the end; launch options (``max_model_len``,
     ``tensor_parallel_size``, ``vllm_args``, ...) apply to it. A ``dispatcher`` passed in is left
     open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``).
     """
-    launch = pop_launch_options(options)
+    client = _client_options(api_key, concurrency, timeout_s, max_attempts)
+    launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
-    async with _session(job, base_url, dispatcher, launch, on_launch, stop, api_key=api_key,
-                        concurrency=concurrency, timeout_s=timeout_s,
-                        max_attempts=max_attempts) as (job, disp):  # fmt: skip
+    async with _session(job, base_url, dispatcher, launch, client, on_launch, stop) as (job, disp):
         return await run_job(job, disp, progress, stop)
 
 
@@ -170,16 +177,15 @@ async def stream(
     dispatcher: Dispatcher | None = None,
     api_key: str | None = None,
     concurrency: int | None = None,
-    timeout_s: float = 600.0,
-    max_attempts: int = 5,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     **options: Any,
 ) -> AsyncIterator[Result]:
     """Yield each ``Result`` as it completes (written to ``output`` first, when given)."""
-    launch = pop_launch_options(options)
+    client = _client_options(api_key, concurrency, timeout_s, max_attempts)
+    launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
-    async with _session(job, base_url, dispatcher, launch, api_key=api_key,
-                        concurrency=concurrency, timeout_s=timeout_s,
-                        max_attempts=max_attempts) as (job, disp):  # fmt: skip
+    async with _session(job, base_url, dispatcher, launch, client) as (job, disp):
         async for result in iter_results(job, disp):
             yield result
 

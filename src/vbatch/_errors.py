@@ -1,12 +1,26 @@
-"""Exceptions a caller can act on. User-facing messages name the file, line and problem."""
+"""One exception tree. Everything vbatch raises on purpose is a ``VbatchError``; the CLI turns
+each kind into its exit code, and anything else is a bug (a traceback, exit 1).
+User-facing messages name the file, line and problem."""
 
 from __future__ import annotations
 
-__all__ = ["InputError", "OutputError", "ResumeError", "VbatchError"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "LaunchError",
+    "OutputError",
+    "ResumeError",
+    "TransportError",
+    "VbatchError",
+]
 
 
 class VbatchError(Exception):
     """Base class of every error vbatch raises on purpose."""
+
+
+class ConfigError(VbatchError):
+    """Options that cannot go together or are out of range; raised before any request is sent."""
 
 
 class InputError(VbatchError):
@@ -26,3 +40,17 @@ class OutputError(VbatchError):
 
 class ResumeError(VbatchError):
     """The existing output belongs to a different job (or to no vbatch job at all)."""
+
+
+class LaunchError(VbatchError):
+    """A vLLM server could not be started (or vLLM is not installed)."""
+
+
+class TransportError(VbatchError):
+    """No usable HTTP reply: ``code`` is connect_error, server_disconnected or timeout. The
+    dispatcher retries these and, once out of attempts, records them as the row's error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

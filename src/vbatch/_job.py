@@ -7,28 +7,35 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from ._dispatcher import OVERFLOW_POLICIES, Dispatcher
-from ._errors import OutputError
-from ._models import RequestDefaults, Result
+from ._client.dispatcher import Dispatcher
+from ._client.stats import Stats
+from ._config import (
+    ENDPOINT_MODES,
+    FLUSH_INTERVAL_S,
+    INPUT_FORMATS,
+    ORDERS,
+    OVERFLOW_POLICIES,
+    EndpointMode,
+    InputFormat,
+    Order,
+    OverflowPolicy,
+    check_choice,
+)
+from ._errors import TransportError
+from ._input.requests import FieldMap, RequestBuilder
+from ._input.sources import open_source
+from ._input.validate import InputIndex, validate_input
+from ._models import PreparedRequest, RequestDefaults, Result
+from ._output.resume import pending_mask, prepare_output
+from ._output.state import FileStateStore, JobStateStore, file_digest
+from ._output.writer import JsonlResultWriter, OutputState, ResultWriter
 from ._progress import NullProgress, Progress
-from ._records import format_batch_line, format_record
-from ._requests import FieldMap, RequestBuilder
-from ._resume import InputIndex, OutputState, file_digest, pending_mask, prepare_output
-from ._sink import JsonlSink
-from ._sources import open_source
-from ._stats import Stats
-from ._transport import TransportError
-from ._validate import validate_input
 
-__all__ = ["ORDERS", "Job", "RunSummary", "iter_results", "run_job"]
-
-ORDERS = ("completion", "input")
+__all__ = ["Job", "RunSummary", "iter_results", "preview_requests", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -40,20 +47,20 @@ class Job:
     output: str | None = None
     defaults: RequestDefaults = field(default_factory=RequestDefaults)
     fields: FieldMap = field(default_factory=FieldMap)
-    input_format: str = "auto"
-    endpoint: str = "auto"  # auto | completions | chat
-    order: str = "completion"  # completion | input
-    on_overflow: str = "error"  # error | clamp
+    input_format: InputFormat = "auto"
+    endpoint: EndpointMode = "auto"
+    order: Order = "completion"
+    on_overflow: OverflowPolicy = "error"
     overwrite: bool = False
     retry_failed: bool = False
     force: bool = False
     include_response: bool = False
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, not {self.order!r}")
-        if self.on_overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}")
+        check_choice("input_format", self.input_format, INPUT_FORMATS)
+        check_choice("endpoint", self.endpoint, ENDPOINT_MODES)
+        check_choice("order", self.order, ORDERS)
+        check_choice("on_overflow", self.on_overflow, OVERFLOW_POLICIES)
 
     def fingerprint_parts(self, defaults: RequestDefaults, input_digest: str) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
@@ -65,6 +72,14 @@ class Job:
             "fields": dataclasses.asdict(self.fields),
             "include_response": self.include_response,
         }
+
+
+def preview_requests(job: Job) -> Iterator[PreparedRequest]:
+    """Every row's request, built without asking for a model: what sizing a server reads."""
+    source = open_source(job.input, job.input_format)
+    builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
+                             require_model=False)  # fmt: skip
+    return (builder.build(row) for row in source.rows())
 
 
 @dataclass
@@ -105,16 +120,13 @@ async def _server_defaults(job: Job, dispatcher: Dispatcher) -> tuple[RequestDef
     rows that still lack a model, a hint of why."""
     defaults = job.defaults
     try:
-        resp = await dispatcher.transport.request("GET", dispatcher.api_prefix + "/models")
-        models = orjson.loads(resp.content)["data"]
-        names = [m["id"] for m in models]
-    except (TransportError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        served = await dispatcher.server.served()
+    except TransportError as exc:
         return defaults, f"the server's models could not be listed ({exc})"
+    names = list(served)
     if not defaults.model and len(names) == 1:
         defaults = dataclasses.replace(defaults, model=names[0])
-    for m in models:
-        if m.get("id") == defaults.model and isinstance(m.get("max_model_len"), int):
-            dispatcher.max_model_len = m["max_model_len"]
+    await dispatcher.server.use(defaults.model)
     return defaults, f"the server serves {len(names)} models ({', '.join(names)})"
 
 
@@ -123,11 +135,16 @@ async def iter_results(
     dispatcher: Dispatcher,
     stats: Stats | None = None,
     on_ready: Callable[[Stats, OutputState], None] | None = None,
+    *,
+    writer: ResultWriter | None = None,
+    state: JobStateStore | None = None,
 ) -> AsyncIterator[Result]:
     """Run ``job`` and yield each result once it is safely handed to the output (if any).
 
-    Raises ``InputError``/``OutputError``/``ResumeError`` before the first request when the input
-    or output cannot be used.
+    The output is ``writer`` with its job state in ``state``; by default a JSONL file at
+    ``job.output`` with the state files beside it (none when ``job.output`` is None). Raises
+    ``InputError``/``OutputError``/``ResumeError`` before the first request when the input or
+    output cannot be used.
     """
     stats = stats or Stats()
     source = open_source(job.input, job.input_format)
@@ -137,45 +154,46 @@ async def iter_results(
     def validate() -> InputIndex:
         return validate_input(source, builder)
 
-    if job.output is not None:
+    if writer is None and job.output is not None:
+        writer = JsonlResultWriter(job.output, job.include_response)
+        state = state or FileStateStore(job.output)
+    if writer is not None:
+        assert state is not None, "a writer needs a state store"
         parts = job.fingerprint_parts(defaults, file_digest(source.path))
         previous, index = prepare_output(
-            job.output, parts, validate,
+            writer, state, parts, validate,
             overwrite=job.overwrite, retry_failed=job.retry_failed, force=job.force,
         )  # fmt: skip
+        writer.open(index.batch_lines)
     else:
         previous, index = OutputState(), validate()
-    if job.include_response and index.batch_lines:
-        raise OutputError("--include-response does not apply to OpenAI Batch output")
     pending = pending_mask(index.digests, previous.done)
     stats.total = index.rows
     stats.skipped = index.rows - int(pending.sum())
     if on_ready is not None:
         on_ready(stats, previous)
     requests = (builder.build(row) for row in source.rows(pending))
-    sink = JsonlSink(job.output) if job.output is not None else None
-    flusher = asyncio.create_task(_flush_periodically(sink)) if sink is not None else None
+    flusher = asyncio.create_task(_flush_periodically(writer)) if writer is not None else None
     try:
-        async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
+        ordered = job.order == "input"
+        async for result in dispatcher.stream(requests, stats, ordered=ordered,
                                               on_overflow=job.on_overflow):  # fmt: skip
-            if sink is not None:
-                sink.write(format_batch_line(result) if index.batch_lines
-                           else format_record(result, job.include_response))  # fmt: skip
+            if writer is not None:
+                writer.write(result)
             yield result
     finally:
         if flusher is not None:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-        if sink is not None:
-            sink.close()
+        if writer is not None:
+            writer.close()
 
 
-async def _flush_periodically(sink: JsonlSink, interval_s: float = 0.2) -> None:
-    # Results that trickle in slowly still reach the file within interval_s.
+async def _flush_periodically(writer: ResultWriter) -> None:
     while True:
-        await asyncio.sleep(interval_s)
-        sink.flush()
+        await asyncio.sleep(FLUSH_INTERVAL_S)
+        writer.flush()
 
 
 async def run_job(
@@ -232,9 +250,9 @@ async def run_job(
                 await runner
         stats.finished_at = time.monotonic()
         stats.cpu_end_s = time.process_time()
-        stats.window = dispatcher.concurrency
-        if dispatcher.adaptive:
-            stats.window_history = list(dispatcher.controller.history)
+        snapshot = dispatcher.snapshot()
+        stats.window = snapshot.window
+        stats.window_history = snapshot.window_history
         if ticker is not None:
             ticker.cancel()
         if started:
@@ -245,9 +263,10 @@ async def run_job(
 async def _tick(progress: Progress, stats: Stats, dispatcher: Dispatcher) -> None:
     while True:
         await asyncio.sleep(progress.interval_s)
-        load = dispatcher.load
-        if load is not None:
-            stats.server_running, stats.server_waiting = load.running, load.waiting
-        stats.window = dispatcher.concurrency
-        stats.window_capped = dispatcher.adaptive and dispatcher.controller.capped
+        snapshot = dispatcher.snapshot()
+        if snapshot.load is not None:
+            stats.server_running = snapshot.load.running
+            stats.server_waiting = snapshot.load.waiting
+        stats.window = snapshot.window
+        stats.window_capped = snapshot.window_held
         progress.refresh(stats)

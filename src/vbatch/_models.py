@@ -50,7 +50,6 @@ class PreparedRequest:
     id: str | int  # the row's id as given (an int stays an int in the output)
     endpoint: str  # COMPLETIONS or CHAT, relative to the base URL
     body: dict[str, Any]
-    batch_line: bool = False  # built from an OpenAI Batch line (the output follows the file's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._stats import Stats
+from ._client.stats import Stats
 
 __all__ = ["LogProgress", "NullProgress", "Progress", "RichProgress", "choose_progress"]
 

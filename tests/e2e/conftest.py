@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from vbatch._launcher import LaunchError, VllmServer, detect_backend
-from vbatch._plan import plan_launch
+from vbatch import LaunchError
+from vbatch._config import LaunchOptions
+from vbatch._engine.machine import detect_backend
+from vbatch._engine.plan import plan_server
+from vbatch._engine.server import VllmServer
 
 E2E_HOME = Path(os.environ.get("VBATCH_E2E_HOME", Path(__file__).parents[2] / ".cache" / "e2e"))
 MAX_MODEL_LEN = 512
@@ -41,7 +44,7 @@ def vllm_server() -> Iterator[VllmServer]:
     E2E_HOME.mkdir(parents=True, exist_ok=True)
     mp.setenv("VBATCH_HOME", str(E2E_HOME))
     try:
-        plan = plan_launch(None, None, max_model_len=MAX_MODEL_LEN)
+        plan = plan_server(None, None, LaunchOptions(max_model_len=MAX_MODEL_LEN))
         with VllmServer(plan.spec) as server:
             yield server
     finally:

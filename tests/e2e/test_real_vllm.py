@@ -18,8 +18,9 @@ import psutil
 import pytest
 from helpers import read_jsonl, write_jsonl
 
-from vbatch._launcher import VllmServer
-from vbatch._plan import plan_launch
+from vbatch._config import LaunchOptions
+from vbatch._engine.plan import plan_server
+from vbatch._engine.server import VllmServer
 
 from .conftest import MAX_MODEL_LEN
 
@@ -141,7 +142,7 @@ def test_overflow_follows_policy(vllm_server: VllmServer, tmp_path: Path, policy
 
 
 def test_server_killed_mid_run_then_resumed(tmp_path: Path) -> None:
-    plan = plan_launch(None, None, max_model_len=MAX_MODEL_LEN)
+    plan = plan_server(None, None, LaunchOptions(max_model_len=MAX_MODEL_LEN))
     first = VllmServer(plan.spec)
     first.start()
     first.wait_healthy()
@@ -287,7 +288,7 @@ def test_ctrl_c_while_vllm_starts_stops_it_at_once(tmp_path: Path) -> None:
 def test_metrics_the_adaptive_window_reads(vllm_server: VllmServer) -> None:
     """The gauges and the counter the window follows, as real vLLM names them (the fake server
     prints the same names)."""
-    from vbatch._metrics import parse_metrics
+    from vbatch._client.metrics import parse_metrics
 
     def load() -> Any:
         with urllib.request.urlopen(vllm_server.root_url + "/metrics", timeout=30) as resp:

@@ -1,0 +1,98 @@
+"""The OpenAI Batch file format, defined once (as vLLM's ``run_batch.py`` defines it): the input
+line the request builder reads, the output line the records write, and how resume and the
+Parquet writer tell the two kinds of output apart.
+
+  input:  {"custom_id": str, "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+  output: {"id": str, "custom_id": str,
+           "response": {"status_code": int, "request_id": str | None, "body": {...}} | None,
+           "error": {"code": str, "message": str} | None}
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ._models import CHAT, COMPLETIONS, ErrorInfo
+
+__all__ = [
+    "BATCH_URLS",
+    "BatchInput",
+    "is_input_line",
+    "is_output_line",
+    "output_line",
+    "output_line_status",
+    "parse_input_line",
+]
+
+# The endpoints a Batch line may name, and the path each is sent to below the API prefix.
+BATCH_URLS = {"/v1/completions": COMPLETIONS, "/v1/chat/completions": CHAT}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInput:
+    custom_id: str
+    endpoint: str  # COMPLETIONS or CHAT
+    body: dict[str, Any]
+
+
+def is_input_line(data: dict[str, Any]) -> bool:
+    return "custom_id" in data and "body" in data
+
+
+def parse_input_line(data: dict[str, Any]) -> BatchInput:
+    """The line's parts; ``ValueError`` with what is wrong (the caller names the line)."""
+    custom_id = data["custom_id"]
+    if not isinstance(custom_id, str) or not custom_id:
+        raise ValueError("'custom_id' must be a non-empty string")
+    method = data.get("method", "POST")
+    if method != "POST":
+        raise ValueError(f"'method' must be \"POST\", got {method!r}")
+    url = data.get("url")
+    endpoint = BATCH_URLS.get(url) if isinstance(url, str) else None
+    if endpoint is None:
+        raise ValueError(f"'url' must be one of {', '.join(BATCH_URLS)}, got {url!r}")
+    body = data["body"]
+    if not isinstance(body, dict):
+        raise ValueError("'body' must be a JSON object")
+    key = "prompt" if endpoint == COMPLETIONS else "messages"
+    if key not in body:
+        raise ValueError(f"'body' of a {url} request needs {key!r}")
+    return BatchInput(custom_id, endpoint, body)
+
+
+def output_line(
+    custom_id: str | int,
+    status: int | None,
+    request_id: str | None,
+    body: dict[str, Any] | None,
+    error: ErrorInfo | None,
+) -> dict[str, Any]:
+    """An output line. A reply from the server (success or HTTP error) goes under ``response``
+    with its status and body; ``error`` is set whenever the row failed, as vLLM's run_batch does,
+    and is the only account of it when no reply came (connection lost, timeout)."""
+    response = None
+    if status is not None and body is not None:
+        response = {"status_code": status, "request_id": request_id, "body": body}
+    return {
+        "id": f"vbatch-{os.urandom(12).hex()}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": None if error is None else {"code": error.code, "message": error.message},
+    }
+
+
+def is_output_line(record: dict[str, Any]) -> bool:
+    return "custom_id" in record
+
+
+def output_line_status(record: dict[str, Any]) -> tuple[Any, bool]:
+    """(custom_id, ok) of an output line: ok only for an HTTP 200 reply without an error."""
+    response = record.get("response")
+    ok = (
+        record.get("error") is None
+        and isinstance(response, dict)
+        and response.get("status_code") == 200
+    )
+    return record["custom_id"], ok

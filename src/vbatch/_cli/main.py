@@ -1,0 +1,229 @@
+"""The ``vbatch`` command: a thin shell over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import orjson
+
+from .._api import arun, run_sync
+from .._config import LaunchOptions
+from .._engine.plan import plan_server
+from .._engine.server import VllmServer
+from .._errors import (
+    ConfigError,
+    InputError,
+    LaunchError,
+    OutputError,
+    ResumeError,
+    TransportError,
+    VbatchError,
+)
+from .._job import RunSummary
+from .._output.files import check_writable
+from .._output.parquet import write_parquet
+from .._progress import choose_progress
+from .options import client_options, input_options, launch_options, output_options, request_options
+from .report import announce, print_summary
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+# The exit code of each kind of failure; anything that is not a VbatchError is a bug and ends
+# with its traceback (exit 1).
+EXIT_CODES: dict[type[VbatchError], int] = {
+    ConfigError: 2,  # usage
+    InputError: 2,  # nothing sent
+    OutputError: 2,
+    ResumeError: 2,
+    LaunchError: 2,  # the server vbatch starts could not be started: nothing sent
+    TransportError: 1,
+}
+
+
+class UserError(click.ClickException):
+    """A problem with the options as given: a message, no traceback, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"vbatch: error: {self.format_message()}", err=True)
+
+
+def _fail(exc: VbatchError) -> NoReturn:
+    """End with ``exc``'s message (no traceback) and its kind's exit code."""
+    click.echo(f"vbatch: error: {exc}", err=True)
+    sys.exit(next((EXIT_CODES[k] for k in type(exc).__mro__ if k in EXIT_CODES), 2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vbatch")
+def cli() -> None:
+    """vbatch: large batch generation on vLLM.
+
+    Streams a dataset through a vLLM (or any OpenAI-compatible) server with a bounded in-flight
+    window, retries what is transient, records what is not, writes every result crash-safely
+    and resumes where it stopped.
+    """
+
+
+@cli.command("run")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Results file (JSONL), one line per input row. Re-running into it resumes.",
+)
+@click.option("--model", help="Model name sent with every request [default: the server's only "
+              "model]. Without --base-url: the model vLLM serves, a path or hub name [default: "
+              "the embedded SmolLM2-135M-Instruct].")  # fmt: skip
+@client_options
+@request_options
+@input_options
+@output_options
+@launch_options
+def run_command(
+    input_path: str,
+    output: str,
+    base_url: str | None,
+    api_key: str | None,
+    concurrency: int | None,
+    timeout_s: float,
+    max_attempts: int,
+    metrics_json: str | None,
+    parquet_path: str | None,
+    quiet: bool,
+    resume: bool,
+    **options: Any,
+) -> None:
+    """Send every row of INPUT (JSONL, CSV or Parquet) and write one result per row.
+
+    \b
+    Input rows (JSONL), detected per file:
+      {"id": ..., "prompt": "..."}                  -> /v1/completions
+      {"id": ..., "messages": [...]}                -> /v1/chat/completions
+      {"custom_id": ..., "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+                                                    -> OpenAI Batch output lines
+    Row keys that are request fields (max_tokens, temperature, seed, stop, ...) override
+    the defaults given here for that row.
+
+    \b
+    Exit codes: 0 every row succeeded; 1 some rows ended as error records;
+    2 bad usage, input or output (nothing sent); 130 interrupted (results so far kept).
+    """
+    given = LaunchOptions.pop_from(dict(options)).given()
+    if base_url and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
+    try:
+        for side_file in (metrics_json, parquet_path):
+            if side_file:
+                check_writable(side_file)
+    except VbatchError as exc:
+        _fail(exc)
+    options = {k: v for k, v in options.items() if v is not None and v != ()}
+    options["overwrite"] = not resume
+    progress = choose_progress(quiet)
+    try:
+        summary: RunSummary = run_sync(
+            _until_interrupted(
+                lambda stop: arun(input_path, output, base_url=base_url, api_key=api_key,
+                                  concurrency=concurrency, timeout_s=timeout_s,
+                                  max_attempts=max_attempts, progress=progress, stop=stop,
+                                  on_launch=None if quiet else announce, **options)
+            )
+        )  # fmt: skip
+    except VbatchError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        click.echo("vbatch: interrupted", err=True)
+        sys.exit(130)
+    if metrics_json:
+        try:
+            with open(metrics_json, "wb") as f:
+                f.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            click.echo(f"vbatch: error: cannot write {metrics_json}: {exc.strerror}", err=True)
+    if parquet_path and not summary.interrupted:
+        try:
+            rows = write_parquet(output, parquet_path)
+        except (OSError, VbatchError) as exc:
+            raise UserError(f"cannot write {parquet_path}: {exc}") from None
+        if not quiet:
+            click.echo(f"vbatch: {rows:,} rows also in {parquet_path}", err=True)
+    if not quiet:
+        print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
+@cli.command("serve")
+@click.option("--model", help="Model to serve, a path or hub name [default: the embedded "
+              "SmolLM2-135M-Instruct].")  # fmt: skip
+@launch_options
+def serve_command(model: str | None, **options: Any) -> None:
+    """Start a vLLM server, print its URL, and keep it until Ctrl-C.
+
+    For reuse across several `vbatch run --base-url URL` calls. It listens on 127.0.0.1 unless
+    --host says otherwise; Ctrl-C stops it and every process it started.
+    """
+    try:
+        launch = LaunchOptions.pop_from(options)
+        if launch.replicas is not None and launch.replicas > 1:
+            raise UserError("serve starts one server; run several for replicas")
+        plan = plan_server(model, None, dataclasses.replace(launch, replicas=1))
+        server = VllmServer(plan.spec)
+        server.start()
+        try:
+            announce(plan, [server])
+            server.wait_healthy()
+            click.echo(f"vbatch: serving {plan.served_model} at {server.base_url}", err=True)
+            click.echo(server.base_url)
+            # Blocked only now: the server must not inherit a mask that hides SIGTERM from it.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        finally:
+            click.echo("vbatch: stopping the server...", err=True)
+            server.stop()
+    except VbatchError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _until_interrupted(start: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``start(stop)`` with Ctrl-C (and SIGTERM) setting ``stop`` for a clean finish; a
+    second Ctrl-C quits at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)
+        click.echo("vbatch: stopping (Ctrl-C again to quit at once)...", err=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await start(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main() -> None:
+    # Let a user's pipe (| head) close early without a traceback.
+    try:
+        cli(prog_name="vbatch")
+    except BrokenPipeError:
+        os._exit(1)

@@ -1,0 +1,170 @@
+"""The CLI's flags, each declared once, grouped as ``vbatch run --help`` lists them. Defaults
+come from where the library declares them (``_config``, ``Job``, ``FieldMap``,
+``LaunchOptions``), so the CLI and the library cannot drift apart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+
+from .._config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT_S,
+    ENDPOINT_MODES,
+    INPUT_FORMATS,
+    ORDERS,
+    OVERFLOW_POLICIES,
+    LaunchOptions,
+)
+from .._engine.plan import CPU_MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION
+from .._input.requests import FieldMap
+from .._job import Job
+
+__all__ = [
+    "client_options",
+    "input_options",
+    "launch_options",
+    "output_options",
+    "request_options",
+]
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _group(options: list[Decorator]) -> Decorator:
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return {}
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object")
+    return parsed
+
+
+request_options = _group([
+    click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens."),
+    click.option("--temperature", type=float, help="Default temperature."),
+    click.option("--top-p", type=float, help="Default top_p."),
+    click.option("--n", "n", type=click.IntRange(min=1),
+                 help="Completions per row (text becomes a list when > 1)."),
+    click.option("--seed", type=int, help="Default sampling seed."),
+    click.option("--stop", multiple=True, help="Stop string (repeat for several)."),
+    click.option("--system", help="System message prepended to chat rows that have none."),
+    click.option("--extra-body", callback=_json_object, metavar="JSON",
+                 help="JSON object merged into every request body untouched, e.g. "
+                      "'{\"ignore_eos\": true}'."),
+])  # fmt: skip
+
+input_options = _group([
+    click.option("--input-format", type=click.Choice(INPUT_FORMATS), default=Job.input_format,
+                 show_default=True, help="Input format; auto goes by the file extension."),
+    click.option("--endpoint", type=click.Choice(ENDPOINT_MODES), default=Job.endpoint,
+                 show_default=True,
+                 help="auto: prompt rows -> /v1/completions, messages rows -> "
+                      "/v1/chat/completions; chat: send prompts as a user message."),
+    click.option("--id-field", metavar="NAME",
+                 help="Column holding the row id [default: id; custom_id for OpenAI Batch "
+                      "lines]. Rows without one get their line number."),
+    click.option("--prompt-field", default=FieldMap.prompt_field, show_default=True,
+                 metavar="NAME", help="Column holding the prompt."),
+    click.option("--messages-field", default=FieldMap.messages_field, show_default=True,
+                 metavar="NAME", help="Column holding chat messages."),
+    click.option("--template", metavar="TEXT",
+                 help="Build the prompt from columns with a Python format string, e.g. "
+                      "'Translate to French: {text}'."),
+])  # fmt: skip
+
+client_options = _group([
+    click.option("--base-url", envvar="VBATCH_BASE_URL", metavar="URL",
+                 help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 [env "
+                      "VBATCH_BASE_URL]. Without it vbatch starts vLLM for the job, sized for "
+                      "the data, and stops it at the end."),
+    click.option("--api-key", envvar="OPENAI_API_KEY", metavar="KEY", show_envvar=True,
+                 help="Bearer key for the server. Never printed or logged."),
+    click.option("--concurrency", type=click.IntRange(min=1),
+                 help=f"Requests in flight at once [default: from {DEFAULT_CONCURRENCY}, "
+                      "following the load and output tokens/s vLLM reports on /metrics; 2 x "
+                      "max_num_seqs x replicas for a server vbatch starts]. The server's "
+                      "--max-num-seqs plus a quarter keeps its batch full."),
+    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1),
+                 default=DEFAULT_TIMEOUT_S, show_default=True,
+                 help="Seconds one request may take."),
+    click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
+                 show_default=True,
+                 help="Attempts per row for transient failures (connection, timeout, "
+                      "408/409/429/5xx)."),
+    click.option("--on-overflow", type=click.Choice(OVERFLOW_POLICIES), default=Job.on_overflow,
+                 show_default=True,
+                 help="A row whose prompt + max_tokens exceeds the context: record an error, "
+                      "or retry once with max_tokens lowered to fit."),
+])  # fmt: skip
+
+output_options = _group([
+    click.option("--order", type=click.Choice(ORDERS), default=Job.order, show_default=True,
+                 help="Write results as they complete (fastest), or in input order (a bounded "
+                      "reorder buffer; a slow row holds the rest back)."),
+    click.option("--resume/--overwrite", default=True,
+                 help="Re-running into an existing output resumes it (the default): rows "
+                      "already in it are skipped. --overwrite starts again, replacing it."),
+    click.option("--retry-failed", is_flag=True,
+                 help="When resuming, send rows that ended as errors again."),
+    click.option("--force", is_flag=True,
+                 help="Resume even though the job (model, defaults, input) changed since the "
+                      "output was started."),
+    click.option("--include-response", is_flag=True,
+                 help="Add the server's full reply to each record (logprobs etc.)."),
+    click.option("--metrics-json", type=click.Path(dir_okay=False), metavar="PATH",
+                 help="Write the run's summary as JSON."),
+    click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False), metavar="PATH",
+                 help="Also write the results as Parquet when the run is over (typed, flat "
+                      "columns)."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress and no summary."),
+])  # fmt: skip
+
+launch_options = _group([
+    click.option("--max-model-len", type=click.IntRange(min=16),
+                 help="Context size [default for run: longest prompt + max_tokens, from the "
+                      "data]."),
+    click.option("--max-num-seqs", type=click.IntRange(min=1),
+                 help=f"vLLM's batch size (its default: {CPU_MAX_NUM_SEQS} on CPU, 1024 on an "
+                      "H100)."),
+    click.option("--tensor-parallel-size", type=click.IntRange(min=1),
+                 help="GPUs per model replica."),
+    click.option("--data-parallel-size", type=click.IntRange(min=1),
+                 help="Model replicas behind one server (vLLM's own data parallelism)."),
+    click.option("--replicas", type=click.IntRange(min=1),
+                 help="vLLM servers sharing the GPU(s), requests spread by load: for small "
+                      "models whose engine loop (one CPU core each) is the limit [default on a "
+                      "GPU: 3 for models under ~0.5B weights, else 2, when their full batches "
+                      "fit with room to spare and there are 4 cores per replica; else 1]."),
+    click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
+                 help="Share of GPU memory vLLM may take [default: "
+                      f"{GPU_MEMORY_UTILIZATION} on GPU]."),
+    click.option("--dtype", help="Model dtype [default on CPU: bfloat16 with AMX or "
+                                 "AVX512-BF16, else float32]."),
+    click.option("--vllm-arg", "vllm_args", multiple=True, metavar="ARG",
+                 help="Any other vLLM server flag, passed through (repeat; e.g. "
+                      "--vllm-arg=--enable-prefix-caching)."),
+    click.option("--host", default=LaunchOptions.host, show_default=True,
+                 help="Interface the started server listens on."),
+    click.option("--port", type=click.IntRange(0, 65535), default=LaunchOptions.port,
+                 help="Port of the started server [default: a free one]."),
+    click.option("--startup-timeout", "startup_timeout_s", type=float,
+                 default=LaunchOptions.startup_timeout_s, show_default=True,
+                 help="Seconds the started server may take to be healthy."),
+])  # fmt: skip

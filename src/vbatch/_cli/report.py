@@ -1,0 +1,46 @@
+"""What the CLI tells the user on stderr: the servers it starts, and the run's summary."""
+
+from __future__ import annotations
+
+import click
+
+from .._engine.plan import LaunchPlan
+from .._engine.server import VllmServer
+from .._job import RunSummary
+
+__all__ = ["announce", "print_summary"]
+
+
+def announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
+    spec = plan.spec
+    size = f"max_model_len {spec.max_model_len}" if spec.max_model_len else "the model's context"
+    count = f"{len(servers)} replicas of " if len(servers) > 1 else ""
+    click.echo(f"vbatch: starting {count}vLLM ({spec.backend}) for {plan.served_model} on "
+               f"{servers[0].root_url}, {size}, window {plan.concurrency}", err=True)  # fmt: skip
+    for note in plan.notes:
+        click.echo(f"vbatch: {note}", err=True)
+    click.echo(f"vbatch: server log: {servers[0].log_path}", err=True)
+
+
+def print_summary(summary: RunSummary) -> None:
+    s = summary.stats
+    prev = summary.previous
+    lines = [
+        f"vbatch: {'interrupted' if summary.interrupted else 'done'}: {s.done:,} rows sent "
+        f"({s.ok:,} ok, {s.failed:,} errors, {s.retries:,} retries"
+        + (f", {s.clamped:,} clamped" if s.clamped else "")
+        + ")"
+        + (f", {s.skipped:,} already done" if s.skipped else ""),
+        f"vbatch: {s.elapsed_s:.1f}s, {s.requests_per_s:,.1f} req/s, "
+        f"{s.completion_tokens:,} output tokens ({s.output_tokens_per_s:,.0f} tok/s), "
+        f"{s.prompt_tokens:,} prompt tokens",
+    ]
+    if prev.torn_bytes:
+        lines.append(f"vbatch: dropped a torn last line ({prev.torn_bytes} bytes) from the output")
+    if summary.failed_total:
+        lines.append(f"vbatch: {summary.failed_total:,} rows are error records in {summary.output}"
+                     " (re-run with --retry-failed to send them again)")  # fmt: skip
+    else:
+        lines.append(f"vbatch: results in {summary.output}")
+    for line in lines:
+        click.echo(line, err=True)

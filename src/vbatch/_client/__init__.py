@@ -1,0 +1,1 @@
+"""Talking to servers: transport, retries, the window, the dispatcher and its counters."""

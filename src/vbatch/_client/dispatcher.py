@@ -1,0 +1,168 @@
+"""The dispatcher: keeps up to ``concurrency`` requests in flight over one transport.
+
+Rows come from a lazy iterator; each job's feeder moves them into the worker pool's short queue
+and a worker takes the next one the moment its previous request completes, so the server's
+batch is refilled at once and never in lumps. Several jobs may share one dispatcher (one
+connection pool, one window): each ``stream()`` call is a job.
+
+The dispatcher only dispatches. Sending one request with retries is the ``Sender``'s; reading
+the server's load is the ``LoadMonitor``'s and choosing the window from it the
+``WindowController``'s; what the server serves is ``ServerInfo``'s; counting is ``Stats``'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from .._config import DEFAULT_CONCURRENCY, MAX_WINDOW, MONITOR_INTERVAL_S, OverflowPolicy
+from .._errors import ConfigError
+from .._models import PreparedRequest, Result
+from .jobstream import JobStream, Work
+from .metrics import LoadMonitor, ServerLoad
+from .retry import RetryPolicy
+from .sender import Sender
+from .server_info import ServerInfo
+from .stats import Stats
+from .transport import Transport
+from .window import WindowController
+from .workers import WorkerPool
+
+__all__ = ["Dispatcher", "DispatcherSnapshot"]
+
+
+@dataclass(frozen=True)
+class DispatcherSnapshot:
+    """What progress displays and the run's summary read of a dispatcher."""
+
+    window: int
+    adaptive: bool
+    window_held: bool  # an adaptive window kept small because a bigger one measured slower
+    load: ServerLoad | None  # the server's last reported load, when known
+    window_history: list[tuple[float, int, float]] | None  # an adaptive window's changes
+
+
+class Dispatcher:
+    """Sends prepared requests through one transport with a bounded window and retries."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retry: RetryPolicy | None = None,
+        adaptive: bool = False,
+        max_window: int = MAX_WINDOW,
+        monitor_interval_s: float = MONITOR_INTERVAL_S,
+        controller: WindowController | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        self.transport = transport
+        self.server = ServerInfo(transport)
+        self.sender = Sender(transport, retry or RetryPolicy.default(), self.server)
+        # adaptive: follow the server's load (its /metrics) instead of a fixed window.
+        self.adaptive = adaptive
+        self.controller = controller or WindowController(concurrency, max_window)
+        self.monitor = LoadMonitor(transport, self._on_load, monitor_interval_s)
+        self.pool: WorkerPool[Work] = WorkerPool(concurrency, self._run)
+        self.output_tokens = 0  # received over all jobs, for the adaptive window
+
+    @property
+    def concurrency(self) -> int:
+        return self.pool.size
+
+    @property
+    def in_flight(self) -> int:
+        return self.sender.in_flight
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Dispatcher:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        if not self.pool.running:
+            self.pool.start()
+            self.monitor.start()
+
+    async def aclose(self) -> None:
+        await self.monitor.aclose()
+        await self.pool.aclose()
+        await self.transport.aclose()
+
+    def resize(self, concurrency: int) -> None:
+        """Change the window while running."""
+        self.pool.resize(concurrency)
+
+    def _on_load(self, load: ServerLoad) -> None:
+        if not self.adaptive:
+            return
+        generated = load.generation_tokens
+        now = asyncio.get_running_loop().time()
+        tokens = self.output_tokens if generated is None else generated
+        window = self.controller.update(now, tokens, self.in_flight, load)
+        if window != self.concurrency:
+            self.resize(window)
+
+    def snapshot(self) -> DispatcherSnapshot:
+        adaptive = self.adaptive
+        return DispatcherSnapshot(
+            window=self.concurrency,
+            adaptive=adaptive,
+            window_held=adaptive and self.controller.capped,
+            load=self.monitor.load,
+            window_history=list(self.controller.history) if adaptive else None,
+        )
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        requests: Iterable[PreparedRequest],
+        stats: Stats | None = None,
+        *,
+        ordered: bool = False,
+        reorder_window: int | None = None,
+        on_overflow: OverflowPolicy = "error",
+    ) -> AsyncIterator[Result]:
+        """Send every request; yield each result as it completes (or in input order).
+
+        With ``ordered``, at most ``reorder_window`` rows (default 4 x concurrency) may be
+        finished but waiting for an older one; beyond that, sending pauses.
+        """
+        self.start()
+        window = reorder_window or 4 * self.concurrency
+        job = JobStream(stats or Stats(), ordered, window, on_overflow)
+        feeder = asyncio.create_task(job.feed(requests, self.pool.put))
+        finished = False
+        try:
+            async for result in job:
+                yield result
+            finished = True
+        finally:
+            if not finished:
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await feeder
+
+    async def _run(self, work: Work) -> None:
+        job = work.job
+        result = await self.sender.send(work.request, job.stats, job.on_overflow)
+        self.output_tokens += result.completion_tokens
+        await job.deliver(work, result)
+
+    async def execute(
+        self,
+        request: PreparedRequest,
+        stats: Stats | None = None,
+        on_overflow: OverflowPolicy = "error",
+    ) -> Result:
+        """Send one request with retries; always returns a ``Result`` (errors become records)."""
+        return await self.sender.send(request, stats, on_overflow)

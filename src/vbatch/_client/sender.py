@@ -1,0 +1,95 @@
+"""One request to its end: send, let ``classify`` decide, act (return, shorten, wait and retry).
+
+The loop is small on purpose (after tenacity): what a reply means is ``classify``'s, when to
+stop and how long to wait is the ``RetryPolicy``'s, how much room is left for output is
+``room_for_output``'s. A failure is never raised: it becomes the row's ``Result``.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from .._config import OverflowPolicy
+from .._errors import TransportError
+from .._fleet.base import API_PREFIX
+from .._models import PreparedRequest, Result
+from .classify import Outcome, classify
+from .overflow import room_for_output
+from .retry import RetryPolicy
+from .server_info import ServerInfo
+from .stats import Stats
+from .transport import Response, Transport
+
+__all__ = ["Sender"]
+
+
+class Sender:
+    def __init__(self, transport: Transport, retry: RetryPolicy, server: ServerInfo) -> None:
+        self.transport = transport
+        self.retry = retry
+        self.server = server
+        self.in_flight = 0  # requests on the wire now, over all jobs (the window watches it)
+
+    async def _attempt(
+        self, path: str, payload: bytes, stats: Stats | None
+    ) -> Response | TransportError:
+        self.in_flight += 1
+        if stats is not None:
+            stats.in_flight += 1
+        try:
+            return await self.transport.request("POST", path, payload)
+        except TransportError as exc:
+            return exc
+        finally:
+            self.in_flight -= 1
+            if stats is not None:
+                stats.in_flight -= 1
+
+    async def send(
+        self,
+        request: PreparedRequest,
+        stats: Stats | None = None,
+        on_overflow: OverflowPolicy = "error",
+    ) -> Result:
+        policy = self.retry
+        clock = policy.clock
+        start = clock()
+        body = request.body
+        payload = orjson.dumps(body)
+        path = API_PREFIX + request.endpoint
+        clamped: int | None = None  # the max_tokens we lowered the request's to
+        attempt = 0
+        while True:
+            attempt += 1
+            reply = await self._attempt(path, payload, stats)
+            outcome = classify(reply, body, self.server.max_model_len, policy.retry_statuses)
+            if outcome.error is None:
+                clamped = clamped if clamped is not None else outcome.shortened_to
+                return self._result(request, outcome, attempt, clock() - start, clamped)
+            if outcome.overflow is not None and on_overflow == "clamp" and clamped is None:
+                fit = await room_for_output(request, outcome.overflow, self.server, self.transport)
+                if fit is not None:
+                    clamped = fit
+                    body = {**body, "max_tokens": fit}
+                    body.pop("max_completion_tokens", None)
+                    payload = orjson.dumps(body)
+                    continue
+            delay = None
+            if outcome.retryable:
+                delay = policy.next_delay(attempt, clock() - start, outcome.retry_after_s)
+            if delay is None:
+                return self._result(request, outcome, attempt, clock() - start, clamped)
+            if stats is not None:
+                stats.retries += 1
+            await policy.sleep(delay)
+
+    @staticmethod
+    def _result(
+        request: PreparedRequest, outcome: Outcome, attempts: int, latency_s: float,
+        clamped: int | None,
+    ) -> Result:  # fmt: skip
+        request_id = outcome.body.get("id") if outcome.error is None and outcome.body else None
+        return Result(
+            request.index, request.id, request.endpoint, outcome.status, outcome.body,
+            outcome.error, attempts, latency_s, request_id, clamped,
+        )  # fmt: skip

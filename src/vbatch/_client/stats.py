@@ -1,0 +1,99 @@
+"""Live counters of one job. The dispatcher writes them; progress displays only read them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._models import Result
+
+__all__ = ["Stats"]
+
+
+@dataclass
+class Stats:
+    total: int | None = None  # rows in the input (None until counted)
+    skipped: int = 0  # rows already done by an earlier run (resume)
+    done: int = 0  # rows finished in this run, ok or not
+    ok: int = 0
+    failed: int = 0
+    retries: int = 0
+    clamped: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+    # Server-side view, filled by whatever polls the server's /metrics (None when unknown).
+    server_running: int | None = None
+    server_waiting: int | None = None
+    window: int | None = None  # the dispatcher's current in-flight limit
+    window_capped: bool = False  # an adaptive window held small: a bigger one was slower
+    # An adaptive window's changes, (seconds since start, window, output tok/s it replaced).
+    window_history: list[tuple[float, int, float]] | None = None
+    cpu_start_s: float = field(default_factory=time.process_time)
+    cpu_end_s: float | None = None
+
+    def record(self, result: Result) -> None:
+        """Count one finished row."""
+        self.done += 1
+        if result.error is None:
+            self.ok += 1
+            self.prompt_tokens += result.prompt_tokens
+            self.completion_tokens += result.completion_tokens
+        else:
+            self.failed += 1
+        if result.clamped_max_tokens is not None:
+            self.clamped += 1
+
+    @property
+    def remaining(self) -> int | None:
+        if self.total is None:
+            return None
+        return max(0, self.total - self.skipped - self.done)
+
+    @property
+    def elapsed_s(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return max(end - self.started_at, 1e-9)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.done / self.elapsed_s
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.completion_tokens / self.elapsed_s
+
+    @property
+    def eta_s(self) -> float | None:
+        remaining = self.remaining
+        if remaining is None or self.done == 0:
+            return None
+        return remaining / self.requests_per_s
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "skipped": self.skipped,
+            "done": self.done,
+            "ok": self.ok,
+            "failed": self.failed,
+            "retries": self.retries,
+            "clamped": self.clamped,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "wall_s": round(self.elapsed_s, 3),
+            "requests_per_s": round(self.requests_per_s, 2),
+            "output_tokens_per_s": round(self.output_tokens_per_s, 1),
+            "client_cpu_s": round(self.client_cpu_s, 3),
+            "window": self.window,
+            "window_history": self.window_history,
+        }
+
+    @property
+    def client_cpu_s(self) -> float:
+        """CPU time this process spent during the run (all threads)."""
+        end = self.cpu_end_s if self.cpu_end_s is not None else time.process_time()
+        return end - self.cpu_start_s

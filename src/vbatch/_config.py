@@ -1,0 +1,139 @@
+"""Named defaults and the options that are declared once: the library's keywords, the CLI's
+flags and their help read them from here.
+
+``ClientOptions`` is how vbatch talks to a server (key, window, timeouts, attempts);
+``LaunchOptions`` is how it starts one. The fixed choices are ``Literal`` types, and the tuples
+beside them (``ORDERS``, ...) are what the CLI offers and ``check_choice`` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from ._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_TIMEOUT_S",
+    "ENDPOINT_MODES",
+    "INPUT_FORMATS",
+    "ORDERS",
+    "OVERFLOW_POLICIES",
+    "Backend",
+    "ClientOptions",
+    "EndpointMode",
+    "InputFormat",
+    "LaunchOptions",
+    "Order",
+    "OverflowPolicy",
+    "check_choice",
+]
+
+# -- fixed choices -------------------------------------------------------------------------------
+
+Order = Literal["completion", "input"]  # write results as they finish, or in input order
+OverflowPolicy = Literal["error", "clamp"]  # a row that overflows the context: record or shorten
+EndpointMode = Literal["auto", "completions", "chat"]
+InputFormat = Literal["auto", "jsonl", "csv", "parquet"]
+Backend = Literal["cpu", "gpu"]
+
+ORDERS: tuple[Order, ...] = get_args(Order)
+OVERFLOW_POLICIES: tuple[OverflowPolicy, ...] = get_args(OverflowPolicy)
+ENDPOINT_MODES: tuple[EndpointMode, ...] = get_args(EndpointMode)
+INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+# vLLM's default largest CUDA-graph batch: a bigger step runs without graphs, and a hand-started
+# server with default settings gave its best at this window (docs/benchmarks.md, section 2c).
+DEFAULT_CONCURRENCY = 512
+# The most an adaptive window grows to.
+MAX_WINDOW = 4096
+DEFAULT_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+# How often the server's /metrics is read (progress and the adaptive window).
+MONITOR_INTERVAL_S = 1.0
+# Results that trickle in slowly still reach the output file within this.
+FLUSH_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How vbatch talks to a server; one set serves every job of a dispatcher."""
+
+    api_key: str | None = dataclasses.field(default=None, repr=False)  # never shown
+    concurrency: int | None = None  # None: the adaptive window, from DEFAULT_CONCURRENCY
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1; got {self.concurrency}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1; got {self.max_attempts}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be positive; got {self.timeout_s}")
+
+
+# -- a server vbatch starts ------------------------------------------------------------------------
+
+DEFAULT_HOST = "127.0.0.1"  # servers vbatch starts are not reachable from elsewhere unless asked
+STARTUP_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What a caller may say about the vLLM server(s) vbatch starts; ``None`` lets the plan
+    choose (engine/plan.py). Beside a server of one's own (``base_url``) any of these set to
+    other than its default is an error: ``given()`` names them."""
+
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    tensor_parallel_size: int | None = None
+    data_parallel_size: int | None = None
+    replicas: int | None = None
+    gpu_memory_utilization: float | None = None
+    dtype: str | None = None
+    vllm_args: tuple[str, ...] = ()
+    host: str = DEFAULT_HOST
+    port: int = 0  # 0: a free port
+    startup_timeout_s: float = STARTUP_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and self.replicas > 1 and self.port:
+            raise ConfigError("--port names one port; replicas each take a free one")
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def pop_from(cls, options: dict[str, Any]) -> LaunchOptions:
+        """Take the launch settings out of flat keyword ``options`` (the CLI's and the
+        library's alike); what is left belongs to the job and the client."""
+        taken = {name: options.pop(name) for name in cls.names() & options.keys()}
+        if isinstance(taken.get("vllm_args"), list):
+            taken["vllm_args"] = tuple(taken["vllm_args"])
+        # A flag left unset arrives as None: the default, as if not given.
+        defaults = cls()
+        taken = {k: getattr(defaults, k) if v is None else v for k, v in taken.items()}
+        return cls(**taken)
+
+    def given(self) -> list[str]:
+        """The settings that differ from their defaults, in declaration order."""
+        defaults = LaunchOptions()
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        ]

@@ -1,0 +1,1 @@
+"""Fleets hold the servers a job uses and list the ones that can take requests now."""

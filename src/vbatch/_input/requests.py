@@ -1,0 +1,176 @@
+"""Request builder: turn one input row plus the job's defaults into the body vLLM receives.
+
+Three row shapes, detected per file from the first row:
+  * ``{"id", "prompt", ...}``            -> POST /completions
+  * ``{"id", "messages": [...], ...}``   -> POST /chat/completions
+  * ``{"custom_id", "method", "url", "body"}`` (an OpenAI Batch line) -> the line's url
+Keys of a prompt/messages row that are request-body fields override the job's defaults for that
+row; other keys (metadata columns) are not sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._batchline import is_input_line, parse_input_line
+from .._config import EndpointMode
+from .._errors import InputError
+from .._models import CHAT, COMPLETIONS, PreparedRequest, RequestDefaults
+from .sources import RawRow
+
+__all__ = ["BODY_FIELDS", "FieldMap", "RequestBuilder"]
+
+# Request-body fields of vLLM's /v1/completions and /v1/chat/completions that a row may set.
+BODY_FIELDS = frozenset(
+    {
+        "model", "max_tokens", "max_completion_tokens", "min_tokens", "temperature", "top_p",
+        "top_k", "min_p", "n", "best_of", "seed", "stop", "stop_token_ids",
+        "include_stop_str_in_output",
+        "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "length_penalty", "logprobs", "top_logprobs", "prompt_logprobs", "logit_bias",
+        "echo", "suffix", "response_format", "structured_outputs", "guided_json",
+        "guided_regex", "guided_choice", "guided_grammar", "tools", "tool_choice",
+        "parallel_tool_calls", "chat_template", "chat_template_kwargs", "add_generation_prompt",
+        "continue_final_message", "add_special_tokens", "skip_special_tokens",
+        "spaces_between_special_tokens", "truncate_prompt_tokens", "allowed_token_ids",
+        "bad_words", "priority", "user", "request_id", "return_tokens_as_token_ids",
+        "vllm_xargs", "kv_transfer_params", "reasoning_effort", "cache_salt", "lora_request",
+        "documents", "mm_processor_kwargs",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Where a row keeps its id, prompt and messages, and how to build a prompt from columns."""
+
+    id_field: str | None = None  # None: "id" (or "custom_id" for OpenAI Batch lines)
+    prompt_field: str = "prompt"
+    messages_field: str = "messages"
+    template: str | None = None  # str.format template over the row's columns
+
+
+class RequestBuilder:
+    """Builds ``PreparedRequest``s for one input file; raises ``InputError`` naming the line."""
+
+    def __init__(
+        self,
+        path: str,
+        defaults: RequestDefaults,
+        fields: FieldMap | None = None,
+        endpoint: EndpointMode = "auto",
+        require_model: bool = True,
+        model_hint: str = "",
+    ) -> None:
+        self.path = path
+        self.defaults = defaults
+        self.fields = fields or FieldMap()
+        self.endpoint = endpoint
+        self._base = defaults.body_fields()
+        self.require_model = require_model
+        self.model_hint = model_hint
+        self.batch_lines: bool | None = None  # decided by the first row
+
+    def build(self, row: RawRow) -> PreparedRequest:
+        data = row.data
+        is_batch = is_input_line(data)
+        if self.batch_lines is None:
+            self.batch_lines = is_batch
+        elif is_batch != self.batch_lines:
+            shape = "an OpenAI Batch line" if is_batch else "a prompt/messages row"
+            first = "OpenAI Batch lines" if self.batch_lines else "prompt/messages rows"
+            raise self._error(row, f"this row is {shape} but the file started with {first}")
+        if is_batch:
+            return self._from_batch_line(row)
+        return self._from_row(row)
+
+    def _error(self, row: RawRow, message: str) -> InputError:
+        return InputError(self.path, row.line, message)
+
+    def _row_id(self, row: RawRow, field: str) -> str | int:
+        value = row.data.get(field)
+        if value is None:
+            return row.line
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise self._error(row, f"{field!r} must be a string or an integer, got {value!r}")
+        return value
+
+    def _from_batch_line(self, row: RawRow) -> PreparedRequest:
+        try:
+            line = parse_input_line(row.data)
+        except ValueError as exc:
+            raise self._error(row, str(exc)) from None
+        key = "prompt" if line.endpoint == COMPLETIONS else "messages"
+        self._check_payload(row, key, line.body[key])
+        merged = {**self._base, **line.body}
+        self._check_model(row, merged)
+        return PreparedRequest(row.index, line.custom_id, line.endpoint, merged)
+
+    def _from_row(self, row: RawRow) -> PreparedRequest:
+        data, f = row.data, self.fields
+        row_id = self._row_id(row, f.id_field or "id")
+        body = dict(self._base)
+        for key, value in data.items():
+            if key in BODY_FIELDS:
+                body[key] = value
+        if f.template is not None:
+            try:
+                prompt: Any = f.template.format_map(data)
+            except KeyError as exc:
+                raise self._error(row, f"--template names column {exc} the row lacks") from None
+            except (ValueError, IndexError) as exc:
+                raise self._error(row, f"--template cannot be applied: {exc}") from None
+            messages = None
+        else:
+            prompt = data.get(f.prompt_field)
+            messages = data.get(f.messages_field)
+        if messages is not None and self.endpoint != "completions":
+            self._check_payload(row, "messages", messages)
+            endpoint = CHAT
+            body["messages"] = self._with_system(messages)
+        elif prompt is not None:
+            self._check_payload(row, "prompt", prompt)
+            if self.endpoint == "chat":
+                if not isinstance(prompt, str):
+                    raise self._error(row, "a prompt sent as a chat message must be a string")
+                endpoint = CHAT
+                body["messages"] = self._with_system([{"role": "user", "content": prompt}])
+            else:
+                endpoint = COMPLETIONS
+                body["prompt"] = prompt
+        else:
+            what = f"{f.prompt_field!r}"
+            if self.endpoint != "completions":
+                what += f" nor {f.messages_field!r}"
+            raise self._error(
+                row, f"row has neither {what} (nor an OpenAI Batch 'custom_id' and 'body')"
+            )
+        self._check_model(row, body)
+        return PreparedRequest(row.index, row_id, endpoint, body)
+
+    def _with_system(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        system = self.defaults.system
+        if system is None or (messages and messages[0].get("role") == "system"):
+            return messages
+        return [{"role": "system", "content": system}, *messages]
+
+    def _check_payload(self, row: RawRow, key: str, value: Any) -> None:
+        if key == "prompt":
+            if isinstance(value, str):
+                if not value:
+                    raise self._error(row, "'prompt' is empty")
+                return
+            if isinstance(value, list) and value and all(type(t) is int for t in value):
+                return  # token ids
+            raise self._error(row, "'prompt' must be a non-empty string or a list of token ids")
+        if not isinstance(value, list) or not value:
+            raise self._error(row, "'messages' must be a non-empty list")
+        for i, message in enumerate(value):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise self._error(row, f"messages[{i}] must be an object with a string 'role'")
+
+    def _check_model(self, row: RawRow, body: dict[str, Any]) -> None:
+        if self.require_model and not body.get("model"):
+            hint = f" ({self.model_hint})" if self.model_hint else ""
+            raise self._error(row, f"no model: pass --model or give the row a 'model'{hint}")

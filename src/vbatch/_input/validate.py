@@ -1,0 +1,55 @@
+"""The validating phase: one streaming pass over the whole input before any request is sent, as
+OpenAI's Batch API does. Every row goes through the same builder the run will use, so a row that
+passes here cannot fail to build later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._errors import InputError
+from .ids import DigestList, id_digest
+from .requests import RequestBuilder
+from .sources import Source
+
+__all__ = ["InputIndex", "validate_input"]
+
+
+@dataclass
+class InputIndex:
+    """What the validating pass learns that a resumed run needs again: row count, whether the
+    rows are OpenAI Batch lines, and each row's id digest (by row index)."""
+
+    rows: int
+    batch_lines: bool
+    digests: np.ndarray
+
+
+def validate_input(source: Source, builder: RequestBuilder) -> InputIndex:
+    ids = DigestList()
+    for row in source.rows():
+        ids.append(builder.build(row).id)
+    if len(ids) == 0:
+        raise InputError(source.path, None, "the input has no rows")
+    duplicates = ids.duplicates()
+    if duplicates:
+        _report_duplicate(source, builder, duplicates)
+    return InputIndex(len(ids), bool(builder.batch_lines), ids.to_numpy())
+
+
+def _report_duplicate(source: Source, builder: RequestBuilder, digests: set[int]) -> None:
+    """Second pass, only when the digests collide: find the real duplicate and cite both lines."""
+    first_seen: dict[str, int] = {}
+    for row in source.rows():
+        request = builder.build(row)
+        if id_digest(request.id) not in digests:
+            continue
+        key = str(request.id)
+        if key in first_seen:
+            raise InputError(
+                source.path,
+                row.line,
+                f"duplicate id {request.id!r} (first seen on line {first_seen[key]})",
+            )
+        first_seen[key] = row.line

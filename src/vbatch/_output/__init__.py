@@ -1,0 +1,1 @@
+"""The output side: result lines, the crash-safe writer, job state and resume, Parquet."""

