@@ -5,10 +5,15 @@ each client runs pinned to CPU 0, so requests/s is the client's own cost per req
   seed     openai.AsyncOpenAI + Semaphore + gather over all rows (the recipe to beat)
   aiohttp  a plain aiohttp worker pool
   vbatch   `vbatch run` on the same rows (validation, output file and resume state included)
+
+  vbatch-before  the same command run from another source tree (``--before-src DIR``, e.g. a
+                 ``git worktree`` of the commit before a change): a before/after pair
 Then vbatch's memory at two input sizes, and how fast a nearly finished job resumes.
 
 usage: python benchmarks/client_ceiling.py [--n 20000] [--concurrency 500]
                                            [--memory-rows 100000,1000000] [--out FILE]
+                                           [--cases seed,aiohttp,vbatch] [--repeat 1]
+                                           [--before-src DIR]
 Needs nginx (Debian package) and taskset; run from the project root with the project's venv.
 """
 
@@ -57,12 +62,14 @@ def stop_nginx(tmp: Path) -> None:
         subprocess.run(["kill", pid_file.read_text().strip()])
 
 
-def measure(cmd: list[str], watch: Path | None = None) -> dict[str, Any]:
+def measure(
+    cmd: list[str], watch: Path | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run cmd pinned to CPU 0: wall and CPU time (wait4), peak RSS from /usr/bin/time (a
     forked child's own ru_maxrss starts at its parent's, so that figure would be ours)."""
     t0 = time.perf_counter()
     timed = ["taskset", "-c", "0", "/usr/bin/time", "-f", "VBATCH_BENCH_RSS_KB=%M", *cmd]
-    proc = subprocess.Popen(timed, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(timed, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     first_growth = None
     if watch is not None:
         size0 = watch.stat().st_size if watch.exists() else 0
@@ -97,6 +104,9 @@ def main() -> None:
     ap.add_argument("--memory-rows", default="100000,1000000")
     ap.add_argument("--cases", default="seed,aiohttp,vbatch")
     ap.add_argument("--out", default=None, help="append result lines (JSONL) here")
+    ap.add_argument("--repeat", type=int, default=1, help="run the cases this many times, in turn")
+    ap.add_argument("--before-src", default=None,
+                    help="source tree (its src/) for the vbatch-before case")  # fmt: skip
     a = ap.parse_args()
     if not shutil.which("nginx"):
         raise SystemExit("nginx is needed: apt-get install -y nginx")
@@ -115,12 +125,19 @@ def main() -> None:
     try:
         inp = tmp / "rows.jsonl"
         write_rows(inp, a.n)
-        for case in [c for c in a.cases.split(",") if c]:
-            if case == "vbatch":
+        cases = [c for c in a.cases.split(",") if c] * a.repeat
+        for rnd, case in enumerate(cases):
+            if case in ("vbatch", "vbatch-before"):
+                env = None
+                if case == "vbatch-before":
+                    if not a.before_src:
+                        raise SystemExit("vbatch-before needs --before-src")
+                    src = str(Path(a.before_src).resolve() / "src")
+                    env = {**os.environ, "PYTHONPATH": src}
                 out = tmp / "out.jsonl"
                 metrics = tmp / "metrics.json"
                 r = measure(vbatch_cmd(inp, out, a.concurrency, "--overwrite",
-                                       "--metrics-json", str(metrics)))  # fmt: skip
+                                       "--metrics-json", str(metrics)), env=env)  # fmt: skip
                 m = json.loads(metrics.read_text())
                 assert m["ok"] == a.n, m
                 r["req_s"] = round(a.n / r["wall_s"], 1)
@@ -131,7 +148,8 @@ def main() -> None:
                 r.update(json.loads(r["stdout"]))
             r.pop("stdout", None)
             r["cpu_ms_per_req"] = round(1000 * r["cpu_s"] / a.n, 3)
-            emit({"bench": "ceiling", "case": case, "n": a.n, "concurrency": a.concurrency, **r})
+            emit({"bench": "ceiling", "case": case, "round": rnd // max(1, len(cases) // a.repeat),
+                  "n": a.n, "concurrency": a.concurrency, **r})  # fmt: skip
         for n in [int(x) for x in a.memory_rows.split(",") if x]:
             inp = tmp / f"rows{n}.jsonl"
             out = tmp / f"out{n}.jsonl"

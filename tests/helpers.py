@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import vbatch
+from vbatch._engine.server import ServerSpec
 
 FAKESERVER = str(Path(__file__).with_name("fakeserver.py"))
 CLI_TIMEOUT_S = 60
@@ -59,6 +60,35 @@ class FastRetry:
     async def _sleep(self, delay: float) -> None:
         self.delays.append(delay)
         await asyncio.sleep(0)
+
+
+# -- a stand-in for vLLM ------------------------------------------------------------------------
+
+# A stand-in for vLLM's API server: forks a child (as vLLM forks its engine), then either
+# serves /health or dies, as told.
+FAKE_VLLM = """
+import http.server, os, sys, time
+mode, port = sys.argv[1], int(sys.argv[2])
+if os.fork() == 0:
+    time.sleep(600)  # the "engine": must not outlive the server
+    sys.exit(0)
+if mode == "die":
+    print("ValueError: model path does-not-exist is not valid", flush=True)
+    sys.exit(3)
+if mode == "env":
+    print("KV=" + os.environ.get("VLLM_CPU_KVCACHE_SPACE", "unset"), flush=True)
+    sys.exit(3)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if mode == "ok" else 503); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+class FakeSpec(ServerSpec):
+    def argv(self, port: int) -> list[str]:
+        return [sys.executable, "-c", FAKE_VLLM, self.model, str(port)]
 
 
 # -- helpers -----------------------------------------------------------------------------------

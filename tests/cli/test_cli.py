@@ -81,6 +81,39 @@ def test_launch_options_need_a_started_server(server: FakeServer, inp: Path, out
     assert server.generation_requests == 0
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--replicas", "2", "--port", "8123"], "--port names one port"),
+        (["--base-url", "localhost:8000/v1"], "base URL must start with http://"),
+    ],
+)
+def test_options_that_cannot_work_exit_2_with_the_reason(
+    inp: Path, out: Path, args: list[str], expected: str
+) -> None:
+    proc = cli(str(inp), "-o", str(out), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert f"vbatch: error: {expected}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_bug_is_a_traceback_not_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, inp: Path, out: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from vbatch._cli import commands as cli_main
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug, not the user's mistake")
+
+    monkeypatch.setattr(cli_main, "arun", broken)
+    args = ["run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1", "-q"]
+    result = CliRunner().invoke(cli_main.cli, args)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, ValueError)
+
+
 # -- bad input and output: exit 2, nothing sent ---------------------------------------------------
 
 GOOD = json.dumps({"id": "a", "prompt": "a b c"})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from helpers import FakeSpec
 
 from vbatch import Job, LaunchError, make_job
 from vbatch._config import LaunchOptions
@@ -21,32 +21,6 @@ from vbatch._engine.plan import LaunchPlan, plan_server
 from vbatch._engine.server import ServerSpec, VllmServer
 from vbatch._engine.sizing import CHAT_OVERHEAD_TOKENS, CHAT_TOKENS_PER_MESSAGE, measure_requests
 from vbatch._job import preview_requests
-
-# A stand-in for vLLM's API server: forks a child (as vLLM forks its engine), then either
-# serves /health or dies, as told.
-FAKE_VLLM = """
-import http.server, os, sys, time
-mode, port = sys.argv[1], int(sys.argv[2])
-if os.fork() == 0:
-    time.sleep(600)  # the "engine": must not outlive the server
-    sys.exit(0)
-if mode == "die":
-    print("ValueError: model path does-not-exist is not valid", flush=True)
-    sys.exit(3)
-if mode == "env":
-    print("KV=" + os.environ.get("VLLM_CPU_KVCACHE_SPACE", "unset"), flush=True)
-    sys.exit(3)
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if mode == "ok" else 503); self.end_headers()
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
-"""
-
-
-class FakeSpec(ServerSpec):
-    def argv(self, port: int) -> list[str]:
-        return [sys.executable, "-c", FAKE_VLLM, self.model, str(port)]
 
 
 def _descendants_gone(pids: list[int]) -> bool:

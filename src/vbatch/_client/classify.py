@@ -20,7 +20,8 @@ from .transport import Response
 __all__ = ["Outcome", "classify"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per attempt, and a frozen dataclass costs more to make.
+@dataclass(slots=True)
 class Outcome:
     """``error`` None: a usable completion in ``body``. Otherwise ``body`` is the server's error
     reply (when there was one), ``retryable`` says whether another attempt may succeed, and

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from .._config import DEFAULT_CONCURRENCY, MAX_WINDOW, MONITOR_INTERVAL_S, OverflowPolicy
 from .._errors import ConfigError
 from .._models import PreparedRequest, Result
-from .jobstream import JobStream, Work
+from .jobstream import DONE, JobStream, Work
 from .metrics import LoadMonitor, ServerLoad
 from .retry import RetryPolicy
 from .sender import Sender
@@ -140,11 +140,15 @@ class Dispatcher:
         self.start()
         window = reorder_window or 4 * self.concurrency
         job = JobStream(stats or Stats(), ordered, window, on_overflow)
-        feeder = asyncio.create_task(job.feed(requests, self.pool.put))
+        feeder = asyncio.create_task(job.feed(requests, self.pool.queue.put))
         finished = False
         try:
-            async for result in job:
-                yield result
+            results = job.results
+            while (item := await results.get()) is not DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Result)
+                yield item
             finished = True
         finally:
             if not finished:

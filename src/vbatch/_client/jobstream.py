@@ -4,16 +4,17 @@ its bounded reorder buffer with back-pressure."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from .._config import OverflowPolicy
 from .._models import PreparedRequest, Result
 from .stats import Stats
 
-__all__ = ["JobStream", "Work"]
+__all__ = ["DONE", "JobStream", "Work"]
 
-_DONE = object()
+# Ends a job's results; an exception put there instead ends them with that error.
+DONE = object()
 
 
 @dataclass(slots=True)
@@ -51,21 +52,11 @@ class JobStream:
                 self.idle.clear()
                 await put(Work(request, seq, self))
             await self.idle.wait()
-            self.results.put_nowait(_DONE)
+            self.results.put_nowait(DONE)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self.results.put_nowait(exc)
-
-    async def __aiter__(self) -> AsyncIterator[Result]:
-        while True:
-            item = await self.results.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, Result)
-            yield item
 
     async def deliver(self, work: Work, result: Result) -> None:
         self.stats.record(result)

@@ -30,21 +30,6 @@ class Sender:
         self.server = server
         self.in_flight = 0  # requests on the wire now, over all jobs (the window watches it)
 
-    async def _attempt(
-        self, path: str, payload: bytes, stats: Stats | None
-    ) -> Response | TransportError:
-        self.in_flight += 1
-        if stats is not None:
-            stats.in_flight += 1
-        try:
-            return await self.transport.request("POST", path, payload)
-        except TransportError as exc:
-            return exc
-        finally:
-            self.in_flight -= 1
-            if stats is not None:
-                stats.in_flight -= 1
-
     async def send(
         self,
         request: PreparedRequest,
@@ -61,7 +46,18 @@ class Sender:
         attempt = 0
         while True:
             attempt += 1
-            reply = await self._attempt(path, payload, stats)
+            reply: Response | TransportError
+            self.in_flight += 1
+            if stats is not None:
+                stats.in_flight += 1
+            try:
+                reply = await self.transport.request("POST", path, payload)
+            except TransportError as exc:
+                reply = exc
+            finally:
+                self.in_flight -= 1
+                if stats is not None:
+                    stats.in_flight -= 1
             outcome = classify(reply, body, self.server.max_model_len, policy.retry_statuses)
             if outcome.error is None:
                 clamped = clamped if clamped is not None else outcome.shortened_to

@@ -34,9 +34,11 @@ class WorkerPool(Generic[T]):
             self._queue = asyncio.Queue(maxsize=self.size)
             self._workers = [asyncio.create_task(self._work()) for _ in range(self.size)]
 
-    async def put(self, item: T) -> None:
+    @property
+    def queue(self) -> asyncio.Queue[T]:
+        """Where items go (feeders ``await queue.put(item)``; it blocks while the pool is busy)."""
         assert self._queue is not None, "start() first"
-        await self._queue.put(item)
+        return self._queue
 
     def resize(self, size: int) -> None:
         size = max(1, size)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._batchline import is_input_line, parse_input_line
+from .._batchline import INPUT_KEYS, parse_input_line
 from .._config import EndpointMode
 from .._errors import InputError
 from .._models import CHAT, COMPLETIONS, PreparedRequest, RequestDefaults
@@ -74,7 +74,7 @@ class RequestBuilder:
 
     def build(self, row: RawRow) -> PreparedRequest:
         data = row.data
-        is_batch = is_input_line(data)
+        is_batch = data.keys() >= INPUT_KEYS
         if self.batch_lines is None:
             self.batch_lines = is_batch
         elif is_batch != self.batch_lines:

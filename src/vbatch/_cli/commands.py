@@ -121,11 +121,11 @@ def run_command(
     Exit codes: 0 every row succeeded; 1 some rows ended as error records;
     2 bad usage, input or output (nothing sent); 130 interrupted (results so far kept).
     """
-    given = LaunchOptions.pop_from(dict(options)).given()
-    if base_url and given:
-        flag = "--" + given[0].replace("_", "-")
-        raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
     try:
+        given = LaunchOptions.pop_from(dict(options)).given()
+        if base_url and given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
         for side_file in (metrics_json, parquet_path):
             if side_file:
                 check_writable(side_file)
