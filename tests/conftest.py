@@ -4,8 +4,6 @@ and a retry policy that records its delays instead of sleeping them."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakeserver import FakeServer
-from helpers import FAKESERVER, FastRetry, ServerProcess
+from helpers import FastRetry, ServerProcess
 
 
 @pytest.fixture(autouse=True)
@@ -49,23 +47,11 @@ def server() -> Iterator[FakeServer]:
 def server_process() -> Iterator[ServerProcess]:
     """The fake server in its own process (latency 5-20 ms), so a SIGKILLed client can't take
     it down and the server's event loop doesn't share the test's CPU time slice."""
-    proc = subprocess.Popen(
-        [sys.executable, FAKESERVER, "--port", "0", "--latency", "0.005,0.02"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = ServerProcess.start()
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("LISTENING "), f"fake server did not start: {line!r}"
-        yield ServerProcess(proc, line.split()[1])
+        yield server
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture

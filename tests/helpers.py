@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,32 @@ class ServerProcess:
         self.proc = proc
         self.root_url = root_url
         self.base_url = root_url + "/v1"
+        self.port = int(root_url.rsplit(":", 1)[1])
+
+    @classmethod
+    def start(cls, port: int = 0, latency: str = "0.005,0.02") -> ServerProcess:
+        proc = subprocess.Popen(
+            [sys.executable, FAKESERVER, "--port", str(port), "--latency", latency],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("LISTENING "), f"fake server did not start: {line!r}"
+        return cls(proc, line.split()[1])
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the connections it holds."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()

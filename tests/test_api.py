@@ -433,24 +433,44 @@ async def test_older_vllm_rejecting_prompt_plus_max_tokens(
 # -- error records ------------------------------------------------------------------------------
 
 
-async def test_unknown_model_gives_404_records(server: FakeServer, tmp_path: Path) -> None:
-    inp = write_jsonl(tmp_path / "in.jsonl", prompt_rows(6))
+async def test_a_model_the_server_does_not_serve_is_refused_before_sending(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    rows = [*prompt_rows(3), {"id": "x", "prompt": "x y", "model": "nope"}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    with pytest.raises(vbatch.InputError, match=r"in.jsonl:4: model 'nope' is not served here "
+                       r"\(the server serves 'smol'\)"):  # fmt: skip
+        await vbatch.arun(str(inp), str(tmp_path / "out.jsonl"), base_url=server.base_url)
+    assert server.generation_requests == 0
+    # --model sends every row to one model, the row's own included.
+    summary = await vbatch.arun(str(inp), str(tmp_path / "out.jsonl"),
+                                base_url=server.base_url, model="smol")  # fmt: skip
+    assert summary.exit_code == 0 and {b["model"] for b in server.bodies} == {"smol"}
+
+
+async def test_a_job_the_server_rejects_wholesale_stops_after_the_first_replies(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.fail_every, server.fail_status = 1, 401  # a bad key: every request refused
+    inp = write_jsonl(tmp_path / "in.jsonl", prompt_rows(400))
     out = tmp_path / "out.jsonl"
-
-    summary = await vbatch.arun(str(inp), str(out), base_url=server.base_url, model="nope")
-
+    with pytest.raises(vbatch.RejectedError, match=r"first 50 requests were all rejected with "
+                       r"HTTP 401 .*check the API key"):  # fmt: skip
+        await vbatch.arun(str(inp), str(out), base_url=server.base_url, concurrency=4)
+    # What was in flight, or answered while the verdict was reached, at most: not the file.
+    assert 50 <= server.generation_requests < 2 * 50
     records = read_jsonl(out)
-    assert len(records) == 6
-    for record in records:
-        assert record["error"]["status"] == 404
-        assert record["error"]["code"] == "NotFoundError"
-        assert record["error"]["message"] == (
-            "The model `nope` does not exist. Valid aliases: smol."
-        )
-        assert record["attempts"] == 1
-    assert summary.exit_code == 1
-    assert summary.stats.failed == 6
-    assert server.generation_requests == 6
+    assert len(records) == 50 and all(r["error"]["status"] == 401 for r in records)
+
+
+async def test_one_success_among_the_first_replies_lets_the_job_run(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.fail_every, server.fail_status = 2, 404  # half of them: not the job, some rows
+    inp = write_jsonl(tmp_path / "in.jsonl", prompt_rows(120))
+    summary = await vbatch.arun(str(inp), str(tmp_path / "out.jsonl"),
+                                base_url=server.base_url, concurrency=4)  # fmt: skip
+    assert summary.stats.done == 120 and summary.stats.failed == 60
 
 
 async def test_model_defaults_to_the_servers_only_model(server: FakeServer, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 from rich.console import Console
 
@@ -60,3 +61,26 @@ def test_a_window_held_by_its_throughput_check_is_not_called_client_bound() -> N
 def test_choose_progress() -> None:
     assert isinstance(choose_progress(quiet=True), NullProgress)
     assert isinstance(choose_progress(stream=io.StringIO()), LogProgress)
+
+
+def test_rows_waiting_out_a_back_off_are_counted_and_the_eta_does_not_read_zero() -> None:
+    s = Stats(total=100, done=99, ok=99, in_flight=0, retrying=1)
+    s.started_at -= 10.0  # ~10 rows/s: the last row alone would read 00:00
+    s.backoff_until = time.monotonic() + 20.0
+    line = log_line(s)
+    assert "0 in flight, 1 retrying" in line
+    assert s.eta_s is not None and s.eta_s > 19
+    s.retrying = 0
+    assert s.eta_s == 1.0  # never under a second while rows remain
+    s.done = 100
+    assert s.eta_s == 0.0
+
+
+def test_servers_down_and_restarts_are_shown() -> None:
+    s = stats()
+    s.servers, s.servers_up = 3, 3
+    assert "servers:" not in log_line(s)  # all up, none restarted: nothing to say
+    s.servers_up, s.restarts = 2, 1
+    assert "servers: 2/3 up, 1 restarted" in log_line(s)
+    s.servers_up = 0
+    assert "servers: 0/3 up, waiting for one, 1 restarted" in log_line(s)

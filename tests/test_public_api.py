@@ -8,12 +8,12 @@ import vbatch
 
 EXPECTED = {
     "DEFAULT_CONCURRENCY", "AiohttpTransport", "ConfigError", "Dispatcher", "ErrorInfo",
-    "FieldMap", "InputError", "Job", "LaunchError", "LogProgress", "MockTransport",
-    "NullProgress", "OutputError", "PreparedRequest", "Progress", "RequestBuilder",
-    "RequestDefaults", "Response", "Result", "ResumeError", "RetryPolicy", "RichProgress",
-    "RunSummary", "Stats", "StopAfterAttempt", "StopAfterDelay", "Transport", "TransportError",
-    "VbatchError", "WaitExponentialJitter", "__version__", "arun", "connect", "iter_results",
-    "make_job", "run", "run_job", "stream",
+    "FieldMap", "FleetError", "InputError", "Job", "LaunchError", "LogProgress",
+    "MockTransport", "NullProgress", "OutputError", "PreparedRequest", "Progress",
+    "RejectedError", "RequestBuilder", "RequestDefaults", "Response", "Result", "ResumeError",
+    "RetryPolicy", "RichProgress", "RunSummary", "Stats", "StopAfterAttempt", "StopAfterDelay",
+    "Transport", "TransportError", "VbatchError", "WaitExponentialJitter", "__version__",
+    "arun", "connect", "iter_results", "make_job", "run", "run_job", "stream",
 }  # fmt: skip
 
 
@@ -33,7 +33,8 @@ def test_private_modules_are_private() -> None:
 
 
 def test_one_exception_tree() -> None:
-    errors = [vbatch.ConfigError, vbatch.InputError, vbatch.LaunchError, vbatch.OutputError,
-              vbatch.ResumeError, vbatch.TransportError]  # fmt: skip
+    errors = [vbatch.ConfigError, vbatch.FleetError, vbatch.InputError, vbatch.LaunchError,
+              vbatch.OutputError, vbatch.RejectedError, vbatch.ResumeError,
+              vbatch.TransportError]  # fmt: skip
     for error in errors:
         assert issubclass(error, vbatch.VbatchError), error

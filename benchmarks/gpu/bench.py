@@ -85,19 +85,30 @@ def record(out: str, **kw: Any) -> None:
         f.write(line + "\n")
 
 
-def run_child(cmd: list[str], timeout: float) -> tuple[float, float, str]:
-    """(wall s, CPU s of the child alone, stdout); stderr passes through."""
+def run_child(
+    cmd: list[str], timeout: float, watch: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[float, float | None, str]:
+    """(wall s, seconds until ``watch`` first had data (None without one), stdout); stderr
+    passes through."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    first = None
+    if watch is not None:
+        watch.unlink(missing_ok=True)
+        while proc.poll() is None and time.perf_counter() - t0 < timeout:
+            if watch.exists() and watch.stat().st_size > 0:
+                first = time.perf_counter() - t0
+                break
+            time.sleep(0.05)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, _ = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {out[-2000:]}")
-    return wall, 0.0, out
+    return wall, first, out
 
 
 def cmd_prompts(a: argparse.Namespace) -> None:
@@ -193,14 +204,19 @@ def _vbatch(a: argparse.Namespace, *extra: str) -> None:
            "--max-tokens", str(a.max_tokens), "--temperature", "0",
            "--extra-body", json.dumps({"ignore_eos": True}), "--metrics-json", str(metrics),
            *extra]  # fmt: skip
+    env = None
+    if a.src:  # another tree's vbatch (a before/after pair in one lease)
+        env = {**os.environ, "PYTHONPATH": f"{a.src}:{os.environ.get('PYTHONPATH', '')}"}
     cpu = ServerCpu()
-    total, _, _ = run_child(cmd, a.timeout)
+    total, first, _ = run_child(cmd, a.timeout, watch=out, env=env)
     server_cpu = cpu.result()  # over the whole command: start-up included when vbatch launches
     m = json.loads(metrics.read_text())
     assert m["ok"] == m["total"], m
     stats = {"n": m["done"], "tokens": m["completion_tokens"], "cpu_s": m["client_cpu_s"]}
     _client_record(a, m["wall_s"], stats, total_wall_s=round(total, 1),
                    startup_s=round(total - m["wall_s"], 1), args=list(extra),
+                   first_result_s=None if first is None else round(first, 1),
+                   restarts=m.get("restarts"), src=a.src or "this tree",
                    window=m.get("window"), window_history=m.get("window_history"),
                    server_cpu=server_cpu)  # fmt: skip
 
@@ -234,6 +250,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/root/bench")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "results.jsonl"))
     ap.add_argument("--vbatch-args", default="", help="more `vbatch run` flags, one string")
+    ap.add_argument("--src", default="", help="run vbatch from this src/ instead")
     a = ap.parse_args()
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@
 #   launch           vbatch run --model ... (vbatch starts vLLM with its batch settings and
 #                    its default replicas: 3 for SmolLM2-135M, 2 for the 1B shape, on a big GPU)
 #   launch-rN        the same with --replicas N (launch-r1: one server)
+#   launch-before    launch, with vbatch from .gpu/before_src (another tree's src/, carried
+#                    along): a before/after pair; both report first_result_s and total_wall_s
 #   launch16 launch16-rN   the same two with max_tokens 16
 set -u
 # Stopped early (TERM/INT): take the running step's client down with the script (and so the
@@ -38,6 +40,7 @@ for step in "$@"; do
     vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
     stop) bash .gpu/gpu/baseline/stop_server.sh;;
     launch) $B vbatch-launch --case vbatch_launch;;
+    launch-before) $B vbatch-launch --case vbatch_launch_before --src "$PWD/.gpu/before_src";;
     launch-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch-r} --vbatch-args="--replicas ${step#launch-r}";;
     launch16) $B vbatch-launch --case vbatch_launch --max-tokens 16;;
     launch16-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch16-r} --max-tokens 16 --vbatch-args="--replicas ${step#launch16-r}";;

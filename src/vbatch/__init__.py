@@ -12,9 +12,11 @@ from ._client.transport import AiohttpTransport, MockTransport, Response, Transp
 from ._config import DEFAULT_CONCURRENCY
 from ._errors import (
     ConfigError,
+    FleetError,
     InputError,
     LaunchError,
     OutputError,
+    RejectedError,
     ResumeError,
     TransportError,
     VbatchError,
@@ -33,6 +35,7 @@ __all__ = [
     "Dispatcher",
     "ErrorInfo",
     "FieldMap",
+    "FleetError",
     "InputError",
     "Job",
     "LaunchError",
@@ -42,6 +45,7 @@ __all__ = [
     "OutputError",
     "PreparedRequest",
     "Progress",
+    "RejectedError",
     "RequestBuilder",
     "RequestDefaults",
     "Response",

@@ -23,16 +23,18 @@ from ._config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TIMEOUT_S,
+    DOWN_TIMEOUT_S,
     ClientOptions,
     LaunchOptions,
 )
 from ._engine.plan import LaunchPlan, plan_server
 from ._engine.server import VllmServer
 from ._errors import ConfigError
-from ._fleet.base import Fleet
+from ._fleet.base import Fleet, base_urls
 from ._fleet.local import LocalFleet
 from ._fleet.static import StaticFleet
 from ._input.requests import FieldMap
+from ._input.sources import open_source
 from ._job import Job, RunSummary, iter_results, preview_requests, run_job
 from ._models import RequestDefaults, Result
 from ._progress import Progress
@@ -64,13 +66,23 @@ def make_job(input: str, output: str | None = None, **options: Any) -> Job:
     )
 
 
-def _dispatcher(fleet: Fleet, client: ClientOptions, retry: RetryPolicy | None) -> Dispatcher:
+def _dispatcher(
+    fleet: Fleet,
+    client: ClientOptions,
+    retry: RetryPolicy | None = None,
+    window_per_member: int | None = None,
+) -> Dispatcher:
+    """A dispatcher over ``fleet``: a fixed window (``client.concurrency``, else
+    ``window_per_member`` for each member up), or without either an adaptive one."""
     transport = FleetTransport(fleet, client.api_key, client.timeout_s)
+    fixed = client.concurrency or window_per_member
     return Dispatcher(
         transport,
-        concurrency=client.concurrency or DEFAULT_CONCURRENCY,
-        adaptive=client.concurrency is None,
+        concurrency=fixed or DEFAULT_CONCURRENCY,
+        adaptive=fixed is None,
         retry=retry or RetryPolicy.default(client.max_attempts),
+        fleet=fleet,
+        window_per_member=None if client.concurrency else window_per_member,
     )
 
 
@@ -81,6 +93,7 @@ def connect(
     concurrency: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    down_timeout_s: float = DOWN_TIMEOUT_S,
     retry: RetryPolicy | None = None,
 ) -> Dispatcher:
     """A dispatcher for the OpenAI-compatible server at ``base_url`` (``.../v1``).
@@ -91,14 +104,14 @@ def connect(
     ``DEFAULT_CONCURRENCY``. Several URLs (replicas of one model) share the window, each request
     going to the least busy.
     """
-    client = _client_options(api_key, concurrency, timeout_s, max_attempts)
-    return _dispatcher(StaticFleet(base_url), client, retry)
+    client = _client_options(api_key, concurrency, timeout_s, max_attempts, down_timeout_s)
+    return _dispatcher(StaticFleet(base_urls(base_url), client.down_timeout_s), client, retry)
 
 
 @contextlib.asynccontextmanager
 async def _session(
     job: Job,
-    base_url: str | None,
+    base_url: str | Sequence[str] | None,
     dispatcher: Dispatcher | None,
     launch: LaunchOptions,
     client: ClientOptions,
@@ -110,41 +123,45 @@ async def _session(
     if dispatcher is not None:
         yield job, dispatcher
         return
+    open_source(job.input, job.input_format)  # a missing input is refused before any server
     base_url = base_url or os.environ.get("VBATCH_BASE_URL")
     fleet: Fleet
+    per_member: int | None = None
     if base_url:
         if launch.given():
             raise ConfigError(f"{', '.join(launch.given())}: only for a server vbatch starts")
-        fleet = StaticFleet(base_url)
+        fleet = StaticFleet(base_urls(base_url), client.down_timeout_s)
     else:
         plan = await asyncio.to_thread(plan_server, job.defaults.model, preview_requests(job),
                                        launch, job.defaults.max_tokens)  # fmt: skip
         job = dataclasses.replace(
             job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
         )
-        client = dataclasses.replace(client, concurrency=client.concurrency or plan.concurrency)
-        fleet = LocalFleet(plan, on_launch, stop)
-    try:
-        await fleet.start()
-        async with _dispatcher(fleet, client, None) as disp:
-            yield job, disp
-    finally:
-        await fleet.stop()
+        per_member = plan.concurrency // plan.replicas
+        fleet = LocalFleet(plan, on_launch, stop, launch.max_restarts)
+    # The dispatcher starts the fleet (for vLLM it launches: requests flow once the first
+    # replica is healthy) and stops it at the end.
+    async with _dispatcher(fleet, client, window_per_member=per_member) as disp:
+        yield job, disp
 
 
 def _client_options(
-    api_key: str | None, concurrency: int | None, timeout_s: float, max_attempts: int
+    api_key: str | None,
+    concurrency: int | None,
+    timeout_s: float,
+    max_attempts: int,
+    down_timeout_s: float,
 ) -> ClientOptions:
     """The key defaults to ``$OPENAI_API_KEY``."""
     key = api_key or os.environ.get("OPENAI_API_KEY")
-    return ClientOptions(key, concurrency, timeout_s, max_attempts)
+    return ClientOptions(key, concurrency, timeout_s, max_attempts, down_timeout_s)
 
 
 async def arun(
     input: str,
     output: str | None = None,
     *,
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     dispatcher: Dispatcher | None = None,
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
@@ -152,6 +169,7 @@ async def arun(
     concurrency: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    down_timeout_s: float = DOWN_TIMEOUT_S,
     on_launch: OnLaunch | None = None,
     **options: Any,
 ) -> RunSummary:
@@ -162,7 +180,7 @@ async def arun(
     ``tensor_parallel_size``, ``vllm_args``, ...) apply to it. A ``dispatcher`` passed in is left
     open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``).
     """
-    client = _client_options(api_key, concurrency, timeout_s, max_attempts)
+    client = _client_options(api_key, concurrency, timeout_s, max_attempts, down_timeout_s)
     launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
     async with _session(job, base_url, dispatcher, launch, client, on_launch, stop) as (job, disp):
@@ -173,16 +191,17 @@ async def stream(
     input: str,
     output: str | None = None,
     *,
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     dispatcher: Dispatcher | None = None,
     api_key: str | None = None,
     concurrency: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    down_timeout_s: float = DOWN_TIMEOUT_S,
     **options: Any,
 ) -> AsyncIterator[Result]:
     """Yield each ``Result`` as it completes (written to ``output`` first, when given)."""
-    client = _client_options(api_key, concurrency, timeout_s, max_attempts)
+    client = _client_options(api_key, concurrency, timeout_s, max_attempts, down_timeout_s)
     launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
     async with _session(job, base_url, dispatcher, launch, client) as (job, disp):

@@ -65,6 +65,11 @@ DEFAULT_MAX_ATTEMPTS = 5
 MONITOR_INTERVAL_S = 1.0
 # Results that trickle in slowly still reach the output file within this.
 FLUSH_INTERVAL_S = 0.2
+# With every server down, how long to wait for one to come back before the job stops.
+DOWN_TIMEOUT_S = 600.0
+# The job's first replies all the same non-retryable error (a bad key, a model not served):
+# after this many, stop sending.
+FAIL_FAST_REPLIES = 50
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class ClientOptions:
     concurrency: int | None = None  # None: the adaptive window, from DEFAULT_CONCURRENCY
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    down_timeout_s: float = DOWN_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
@@ -89,6 +95,18 @@ class ClientOptions:
 
 DEFAULT_HOST = "127.0.0.1"  # servers vbatch starts are not reachable from elsewhere unless asked
 STARTUP_TIMEOUT_S = 900.0
+# A server vbatch started that dies is restarted, at most this many times within
+# RESTART_WINDOW_S; one more death fails the job (with the server's last log lines).
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 600.0
+
+# -- watching servers ------------------------------------------------------------------------------
+
+HEALTH_INTERVAL_S = 1.0  # every member's /health is asked this often
+PROBE_TIMEOUT_S = 5.0  # a /health that takes longer counts as a failed probe
+# A member whose process lives but fails this many probes in a row is taken out (a hung
+# server); a probe after a request failed without a reply takes it out at once.
+UNHEALTHY_PROBES = 3
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,7 @@ class LaunchOptions:
     host: str = DEFAULT_HOST
     port: int = 0  # 0: a free port
     startup_timeout_s: float = STARTUP_TIMEOUT_S
+    max_restarts: int = MAX_RESTARTS
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas > 1 and self.port:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "FleetError",
     "InputError",
     "LaunchError",
     "OutputError",
+    "RejectedError",
     "ResumeError",
     "TransportError",
     "VbatchError",
@@ -46,11 +48,24 @@ class LaunchError(VbatchError):
     """A vLLM server could not be started (or vLLM is not installed)."""
 
 
+class FleetError(VbatchError):
+    """No server can take requests any more: a server vbatch started kept dying past its restart
+    budget, or every server given by URL stayed down too long. Rows finished so far are kept;
+    running the same command again resumes."""
+
+
+class RejectedError(VbatchError):
+    """The server rejected the job's first requests all the same way (a bad key, a model it
+    does not serve): the rest were not sent."""
+
+
 class TransportError(VbatchError):
     """No usable HTTP reply: ``code`` is connect_error, server_disconnected or timeout. The
-    dispatcher retries these and, once out of attempts, records them as the row's error."""
+    dispatcher retries these and, once out of attempts, records them as the row's error.
+    ``endpoint`` is the server (base URL) it happened with, when one was chosen."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, endpoint: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.endpoint = endpoint

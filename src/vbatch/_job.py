@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._client.dispatcher import Dispatcher
+from ._client.dispatcher import Dispatcher, DispatcherSnapshot
+from ._client.failfast import FailFast
 from ._client.stats import Stats
 from ._config import (
     ENDPOINT_MODES,
+    FAIL_FAST_REPLIES,
     FLUSH_INTERVAL_S,
     INPUT_FORMATS,
     ORDERS,
@@ -114,20 +116,25 @@ class RunSummary:
         }
 
 
-async def _server_defaults(job: Job, dispatcher: Dispatcher) -> tuple[RequestDefaults, str]:
-    """Ask the server what it serves (its max_model_len lets server-shortened rows be marked);
-    without --model, use its model when it serves exactly one. Returns the defaults and, for
-    rows that still lack a model, a hint of why."""
+async def _builder(job: Job, dispatcher: Dispatcher, path: str) -> RequestBuilder:
+    """The job's request builder, told what the server serves: rows naming a model it does not
+    serve are refused while validating, and without --model its only model is the default.
+    (Its max_model_len also lets rows the server shortened be marked.)"""
     defaults = job.defaults
     try:
-        served = await dispatcher.server.served()
+        served: list[str] | None = list(await dispatcher.server.served())
     except TransportError as exc:
-        return defaults, f"the server's models could not be listed ({exc})"
-    names = list(served)
-    if not defaults.model and len(names) == 1:
-        defaults = dataclasses.replace(defaults, model=names[0])
-    await dispatcher.server.use(defaults.model)
-    return defaults, f"the server serves {len(names)} models ({', '.join(names)})"
+        served, hint = None, f"the server's models could not be listed ({exc})"
+    else:
+        assert served is not None
+        hint = f"the server serves {len(served)} models ({', '.join(served)})"
+        if not defaults.model and len(served) == 1:
+            defaults = dataclasses.replace(defaults, model=served[0])
+        await dispatcher.server.use(defaults.model)
+    # --model given (or the model vbatch launched): every row goes to it.
+    force = job.defaults.model is not None
+    return RequestBuilder(path, defaults, job.fields, job.endpoint, model_hint=hint,
+                          served=served, force_model=force)  # fmt: skip
 
 
 async def iter_results(
@@ -148,39 +155,42 @@ async def iter_results(
     """
     stats = stats or Stats()
     source = open_source(job.input, job.input_format)
-    defaults, hint = await _server_defaults(job, dispatcher)
-    builder = RequestBuilder(source.path, defaults, job.fields, job.endpoint, model_hint=hint)
-
-    def validate() -> InputIndex:
-        return validate_input(source, builder)
-
     if writer is None and job.output is not None:
         writer = JsonlResultWriter(job.output, job.include_response)
         state = state or FileStateStore(job.output)
     if writer is not None:
-        assert state is not None, "a writer needs a state store"
-        parts = job.fingerprint_parts(defaults, file_digest(source.path))
-        previous, index = prepare_output(
-            writer, state, parts, validate,
-            overwrite=job.overwrite, retry_failed=job.retry_failed, force=job.force,
-        )  # fmt: skip
-        writer.open(index.batch_lines)
-    else:
-        previous, index = OutputState(), validate()
-    pending = pending_mask(index.digests, previous.done)
-    stats.total = index.rows
-    stats.skipped = index.rows - int(pending.sum())
-    if on_ready is not None:
-        on_ready(stats, previous)
-    requests = (builder.build(row) for row in source.rows(pending))
-    flusher = asyncio.create_task(_flush_periodically(writer)) if writer is not None else None
+        writer.lock()  # first: one writer per output, whatever happens next
+    flusher: asyncio.Task[None] | None = None
     try:
-        ordered = job.order == "input"
-        async for result in dispatcher.stream(requests, stats, ordered=ordered,
+        builder = await _builder(job, dispatcher, source.path)
+
+        def validate() -> InputIndex:
+            return validate_input(source, builder)
+
+        if writer is not None:
+            assert state is not None, "a writer needs a state store"
+            parts = job.fingerprint_parts(builder.defaults, file_digest(source.path))
+            previous, index = prepare_output(
+                writer, state, parts, validate,
+                overwrite=job.overwrite, retry_failed=job.retry_failed, force=job.force,
+            )  # fmt: skip
+            writer.open(index.batch_lines)
+            flusher = asyncio.create_task(_flush_periodically(writer))
+        else:
+            previous, index = OutputState(), validate()
+        pending = pending_mask(index.digests, previous.done)
+        stats.total = index.rows
+        stats.skipped = index.rows - int(pending.sum())
+        if on_ready is not None:
+            on_ready(stats, previous)
+        requests = (builder.build(row) for row in source.rows(pending))
+        fail_fast = FailFast(FAIL_FAST_REPLIES)
+        async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
                                               on_overflow=job.on_overflow):  # fmt: skip
             if writer is not None:
                 writer.write(result)
             yield result
+            fail_fast.see(result)
     finally:
         if flusher is not None:
             flusher.cancel()
@@ -253,6 +263,7 @@ async def run_job(
         snapshot = dispatcher.snapshot()
         stats.window = snapshot.window
         stats.window_history = snapshot.window_history
+        _fleet_counts(stats, snapshot)
         if ticker is not None:
             ticker.cancel()
         if started:
@@ -264,9 +275,18 @@ async def _tick(progress: Progress, stats: Stats, dispatcher: Dispatcher) -> Non
     while True:
         await asyncio.sleep(progress.interval_s)
         snapshot = dispatcher.snapshot()
-        if snapshot.load is not None:
+        if snapshot.fleet is not None and not snapshot.fleet.up:
+            stats.server_running = stats.server_waiting = None  # the last look is stale
+        elif snapshot.load is not None:
             stats.server_running = snapshot.load.running
             stats.server_waiting = snapshot.load.waiting
         stats.window = snapshot.window
         stats.window_capped = snapshot.window_held
+        _fleet_counts(stats, snapshot)
         progress.refresh(stats)
+
+
+def _fleet_counts(stats: Stats, snapshot: DispatcherSnapshot) -> None:
+    if snapshot.fleet is not None:
+        stats.servers, stats.servers_up = snapshot.fleet.members, snapshot.fleet.up
+        stats.restarts = snapshot.fleet.restarts

@@ -42,10 +42,31 @@ def _count(stats: Stats) -> str:
     return f"{done:,}/{stats.total:,}" if stats.total is not None else f"{done:,}"
 
 
+def _in_flight(stats: Stats) -> str:
+    retrying = f", {stats.retrying:,} retrying" if stats.retrying else ""
+    return f"{stats.in_flight:,} in flight{retrying}"
+
+
+def _fleet(stats: Stats) -> str:
+    """How many servers are up, once one is not or one was restarted."""
+    if stats.servers is None:
+        return ""
+    up, total = stats.servers_up or 0, stats.servers
+    if up == total and not stats.restarts:
+        return ""
+    parts = [f"servers: {up}/{total} up"]
+    if not up:
+        parts.append("waiting for one")
+    if stats.restarts:
+        parts.append(f"{stats.restarts} restarted")
+    return ", ".join(parts)
+
+
 def _server(stats: Stats) -> str:
     """Is the server saturated (requests queue in it) or is the client holding it back?"""
+    fleet = _fleet(stats)
     if stats.server_running is None:
-        return ""
+        return fleet
     waiting = stats.server_waiting or 0
     if waiting > 0:
         state = "saturated"
@@ -54,7 +75,8 @@ def _server(stats: Stats) -> str:
     else:
         state = "client-bound: more in flight would help"
     window = f", window {stats.window}" if stats.window else ""
-    return f"server: {stats.server_running} running, {waiting} waiting ({state}){window}"
+    load = f"server: {stats.server_running} running, {waiting} waiting ({state}){window}"
+    return f"{load} | {fleet}" if fleet else load
 
 
 class NullProgress:
@@ -87,7 +109,7 @@ class LogProgress:
 
     def refresh(self, stats: Stats) -> None:
         line = (
-            f"vbatch: {_count(stats)} rows | {stats.in_flight} in flight | "
+            f"vbatch: {_count(stats)} rows | {_in_flight(stats)} | "
             f"{stats.requests_per_s:.1f} req/s | {stats.output_tokens_per_s:,.0f} tok/s | "
             f"{stats.failed} errors | {stats.retries} retries | ETA {_duration(stats.eta_s)}"
         )
@@ -117,7 +139,7 @@ class RichProgress:
             Text(f"ETA {_duration(stats.eta_s)}", style="cyan"),
         )
         line = Text.assemble(
-            (f"{stats.in_flight}", "bold"), " in flight  ",
+            (_in_flight(stats), "bold"), "  ",
             (f"{stats.requests_per_s:,.1f}", "bold"), " req/s  ",
             (f"{stats.output_tokens_per_s:,.0f}", "bold"), " out tok/s  ",
             (f"{stats.failed}", "bold red" if stats.failed else "bold"), " errors  ",

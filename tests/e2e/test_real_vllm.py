@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -141,43 +143,112 @@ def test_overflow_follows_policy(vllm_server: VllmServer, tmp_path: Path, policy
         assert big["usage"]["completion_tokens"] == MAX_MODEL_LEN - hello_tokens
 
 
-def test_server_killed_mid_run_then_resumed(tmp_path: Path) -> None:
+def _wait_lines(out: Path, n: int, run: subprocess.Popen[str], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not out.exists() or out.read_bytes().count(b"\n") < n:
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.2)
+
+
+def _launched_server(run: subprocess.Popen[str]) -> psutil.Process:
+    """The vLLM API server a `vbatch run` started (its process leads its own group)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process(run.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "vllm.entrypoints.openai.api_server" in " ".join(child.cmdline()):
+                    return child
+        time.sleep(0.2)
+    raise AssertionError("no vLLM server under the run")
+
+
+def _killpg(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # the whole server, engine included, no goodbye
+
+
+ROWS = [{"id": f"r{i}", "prompt": f"Count to {i}:", "max_tokens": 16} for i in range(200)]
+SLOW = ["--concurrency", "8", "--extra-body", '{"ignore_eos": true}']
+
+
+def _all_done_once(out: Path) -> None:
+    final = read_jsonl(out)
+    assert sorted(r["id"] for r in final) == sorted(r["id"] for r in ROWS)  # each exactly once
+    assert all(r["error"] is None for r in final), [r for r in final if r["error"]][:3]
+    assert all(r["usage"]["completion_tokens"] == 16 for r in final)
+
+
+def test_a_hand_started_server_killed_and_started_again_loses_nothing(tmp_path: Path) -> None:
     plan = plan_server(None, None, LaunchOptions(max_model_len=MAX_MODEL_LEN))
     first = VllmServer(plan.spec)
     first.start()
     first.wait_healthy()
-    port = first.port
-    rows = [{"id": f"r{i}", "prompt": f"Count to {i}:", "max_tokens": 16} for i in range(150)]
-    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS)
     out = tmp_path / "out.jsonl"
     args = [sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(out), "--base-url",
-            first.base_url, "--concurrency", "8", "--max-attempts", "2", "--quiet",
-            "--extra-body", '{"ignore_eos": true}']  # fmt: skip
+            first.base_url, "--max-attempts", "2", "--quiet", *SLOW]  # fmt: skip
     run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = VllmServer(dataclasses.replace(plan.spec, port=first.port))
     try:
-        deadline = time.monotonic() + 300
-        while not out.exists() or out.read_bytes().count(b"\n") < 20:
-            assert run.poll() is None, run.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        _wait_lines(out, 20, run)
         assert first.proc is not None
-        os.killpg(first.proc.pid, signal.SIGKILL)  # the whole server, no goodbye
-        code = run.wait(timeout=300)
+        _killpg(first.proc.pid)
+        first.stop()
+        second.start()  # on the same port, as a supervisor (or a person) would
+        code = run.wait(timeout=600)
     finally:
         first.stop()
-    assert code == 1  # rows that found no server are error records, not lost
-    partial = read_jsonl(out)
-    assert any(r["error"] is not None for r in partial)
-    assert len({r["id"] for r in partial}) == len(partial)
+        second.stop()
+        if run.poll() is None:
+            run.kill()
+    assert code == 0, run.communicate()[1]
+    _all_done_once(out)  # the rows it had in flight waited for the server, uncharged
 
-    second = VllmServer(plan.spec.__class__(**{**plan.spec.__dict__, "port": port}))
-    with second:
-        again = vbatch(*args[4:], "--retry-failed")
+
+def test_a_launched_server_killed_mid_run_is_restarted(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    out, metrics = tmp_path / "out.jsonl", tmp_path / "metrics.json"
+    args = [sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(out), "--max-model-len",
+            str(MAX_MODEL_LEN), "--metrics-json", str(metrics), *SLOW]  # fmt: skip
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_lines(out, 20, run)
+        victim = _launched_server(run)
+        _killpg(victim.pid)
+        _, stderr = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    _all_done_once(out)
+    summary = json.loads(metrics.read_text())
+    assert summary["restarts"] == 1 and summary["failed"] == 0
+    assert summary["requeued"] >= 1  # what it had in flight went again, uncharged
+
+
+def test_a_launched_server_past_its_restart_budget_fails_the_run_keeping_rows(
+    tmp_path: Path,
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    out = tmp_path / "out.jsonl"
+    args = [sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(out), "--max-model-len",
+            str(MAX_MODEL_LEN), "--max-restarts", "0", "--quiet", *SLOW]  # fmt: skip
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_lines(out, 20, run)
+        _killpg(_launched_server(run).pid)
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 3, stderr
+    assert "giving up" in stderr and "--- last lines of the log ---" in stderr
+    kept = read_jsonl(out)
+    assert len(kept) >= 20 and all(r["error"] is None for r in kept)  # no error records
+    again = vbatch(*args[4:])  # the same command resumes
     assert again.returncode == 0, again.stderr
-    final = read_jsonl(out)
-    assert sorted(r["id"] for r in final) == sorted(r["id"] for r in rows)  # each exactly once
-    assert all(r["error"] is None for r in final)
-    assert all(r["usage"]["completion_tokens"] == 16 for r in final)
+    _all_done_once(out)
 
 
 def test_self_launched_default_leaves_no_process(tmp_path: Path) -> None:

@@ -67,3 +67,15 @@ def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file"):
         open_source(str(tmp_path / "missing.jsonl"))
     assert detect_format("x.txt", "jsonl") == "jsonl"
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("in.jsonl", '{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n'),
+     ("in.csv", "id,prompt\na,x\nb,y\n")],
+)  # fmt: skip
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path, name: str, content: str) -> None:
+    p = tmp_path / name
+    p.write_bytes(b"\xef\xbb\xbf" + content.encode())  # as Windows tools write them
+    rows = list(open_source(str(p)).rows())
+    assert [(r.data["id"], r.data["prompt"]) for r in rows] == [("a", "x"), ("b", "y")]

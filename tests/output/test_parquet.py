@@ -14,8 +14,9 @@ def test_parquet_copy_of_results(server: FakeServer, tmp_path: Path) -> None:
     rows = [
         {"id": "a", "prompt": "alpha beta"},
         {"id": 7, "prompt": "gamma", "n": 2},
-        {"id": "bad", "prompt": "delta", "model": "nope"},  # 404: an error record
+        {"id": "bad", "prompt": "delta"},
     ]
+    server.script("delta", [400])  # an error record (rows are scripted by their first word)
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     out, parquet = tmp_path / "out.jsonl", tmp_path / "out.parquet"
     proc = cli(str(inp), "-o", str(out), "--base-url", server.base_url, "--model", "smol",
@@ -29,7 +30,7 @@ def test_parquet_copy_of_results(server: FakeServer, tmp_path: Path) -> None:
     assert set(by_id) == {"a", "7", "bad"}
     assert by_id["a"]["text"] == [completion_text("alpha beta")]
     assert by_id["7"]["text"] == [completion_text("gamma", i, 2) for i in range(2)]
-    assert by_id["bad"]["error_status"] == 404 and by_id["bad"]["text"] is None
+    assert by_id["bad"]["error_status"] == 400 and by_id["bad"]["text"] is None
     assert by_id["a"]["attempts"] == 1 and by_id["a"]["error_code"] is None
 
 

@@ -39,6 +39,11 @@ class MemoryWriter:
         self.ok: dict[Any, Result] = {}
         self.failed: dict[Any, Result] = {}
         self.opened = self.closed = 0
+        self.locked = False
+
+    def lock(self) -> None:
+        assert not self.locked, "one writer at a time"
+        self.locked = True
 
     def check(self) -> None:
         pass
@@ -67,6 +72,7 @@ class MemoryWriter:
 
     def close(self) -> None:
         self.closed += 1
+        self.locked = False
 
 
 async def test_results_go_to_the_writer_and_a_rerun_resumes_from_it(

@@ -19,9 +19,11 @@ from .._engine.plan import plan_server
 from .._engine.server import VllmServer
 from .._errors import (
     ConfigError,
+    FleetError,
     InputError,
     LaunchError,
     OutputError,
+    RejectedError,
     ResumeError,
     TransportError,
     VbatchError,
@@ -45,6 +47,8 @@ EXIT_CODES: dict[type[VbatchError], int] = {
     OutputError: 2,
     ResumeError: 2,
     LaunchError: 2,  # the server vbatch starts could not be started: nothing sent
+    RejectedError: 2,  # the server refused the job's first requests alike: the rest not sent
+    FleetError: 3,  # no server could take requests any more: finished rows kept
     TransportError: 1,
 }
 
@@ -84,9 +88,13 @@ def cli() -> None:
     type=click.Path(dir_okay=False),
     help="Results file (JSONL), one line per input row. Re-running into it resumes.",
 )
-@click.option("--model", help="Model name sent with every request [default: the server's only "
-              "model]. Without --base-url: the model vLLM serves, a path or hub name [default: "
-              "the embedded SmolLM2-135M-Instruct].")  # fmt: skip
+@click.option(
+    "--model",
+    help="Model name sent with every request, replacing each row's own (an OpenAI Batch "
+    "line's body model too, so a file written for another provider runs as is) [default: the "
+    "server's only model]. Without --base-url: the model vLLM serves, a path or hub name "
+    "[default: the embedded SmolLM2-135M-Instruct].",
+)
 @client_options
 @request_options
 @input_options
@@ -95,7 +103,7 @@ def cli() -> None:
 def run_command(
     input_path: str,
     output: str,
-    base_url: str | None,
+    base_url: tuple[str, ...],
     api_key: str | None,
     concurrency: int | None,
     timeout_s: float,
@@ -119,7 +127,8 @@ def run_command(
 
     \b
     Exit codes: 0 every row succeeded; 1 some rows ended as error records;
-    2 bad usage, input or output (nothing sent); 130 interrupted (results so far kept).
+    2 bad usage, input or output, or the server rejects the job (nothing more sent);
+    3 no server could take requests any more (results so far kept); 130 interrupted.
     """
     try:
         given = LaunchOptions.pop_from(dict(options)).given()
@@ -137,7 +146,8 @@ def run_command(
     try:
         summary: RunSummary = run_sync(
             _until_interrupted(
-                lambda stop: arun(input_path, output, base_url=base_url, api_key=api_key,
+                lambda stop: arun(input_path, output, base_url=list(base_url) or None,
+                                  api_key=api_key,
                                   concurrency=concurrency, timeout_s=timeout_s,
                                   max_attempts=max_attempts, progress=progress, stop=stop,
                                   on_launch=None if quiet else announce, **options)

@@ -14,6 +14,7 @@ from .._config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TIMEOUT_S,
+    DOWN_TIMEOUT_S,
     ENDPOINT_MODES,
     INPUT_FORMATS,
     ORDERS,
@@ -90,10 +91,13 @@ input_options = _group([
 ])  # fmt: skip
 
 client_options = _group([
-    click.option("--base-url", envvar="VBATCH_BASE_URL", metavar="URL",
+    click.option("--base-url", envvar="VBATCH_BASE_URL", metavar="URL", multiple=True,
                  help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 [env "
-                      "VBATCH_BASE_URL]. Without it vbatch starts vLLM for the job, sized for "
-                      "the data, and stops it at the end."),
+                      "VBATCH_BASE_URL]. Repeat it (or separate URLs by commas) for several "
+                      "servers of one model: each request goes to the least busy, each is "
+                      "watched, and one that fails is parked until it answers again. Without "
+                      "it vbatch starts vLLM for the job, sized for the data, and stops it at "
+                      "the end."),
     click.option("--api-key", envvar="OPENAI_API_KEY", metavar="KEY", show_envvar=True,
                  help="Bearer key for the server. Never printed or logged."),
     click.option("--concurrency", type=click.IntRange(min=1),
@@ -108,6 +112,10 @@ client_options = _group([
                  show_default=True,
                  help="Attempts per row for transient failures (connection, timeout, "
                       "408/409/429/5xx)."),
+    click.option("--down-timeout", "down_timeout_s", type=click.FloatRange(min=1),
+                 default=DOWN_TIMEOUT_S, show_default=True,
+                 help="Seconds to wait, with every --base-url server down, for one to come "
+                      "back; then the run stops (exit 3) and keeps what is finished."),
     click.option("--on-overflow", type=click.Choice(OVERFLOW_POLICIES), default=Job.on_overflow,
                  show_default=True,
                  help="A row whose prompt + max_tokens exceeds the context: record an error, "
@@ -167,4 +175,9 @@ launch_options = _group([
     click.option("--startup-timeout", "startup_timeout_s", type=float,
                  default=LaunchOptions.startup_timeout_s, show_default=True,
                  help="Seconds the started server may take to be healthy."),
+    click.option("--max-restarts", type=click.IntRange(min=0),
+                 default=LaunchOptions.max_restarts, show_default=True,
+                 help="A started server that dies or hangs is restarted (its rows in flight "
+                      "are sent again, not charged an attempt), at most this many times in 10 "
+                      "minutes; then the run stops (exit 3) and keeps what is finished."),
 ])  # fmt: skip

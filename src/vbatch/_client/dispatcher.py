@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from .._config import DEFAULT_CONCURRENCY, MAX_WINDOW, MONITOR_INTERVAL_S, OverflowPolicy
 from .._errors import ConfigError
+from .._fleet.base import Fleet, FleetStatus
 from .._models import PreparedRequest, Result
+from .endpoints import FleetTransport
 from .jobstream import DONE, JobStream, Work
 from .metrics import LoadMonitor, ServerLoad
 from .retry import RetryPolicy
@@ -42,6 +44,7 @@ class DispatcherSnapshot:
     window_held: bool  # an adaptive window kept small because a bigger one measured slower
     load: ServerLoad | None  # the server's last reported load, when known
     window_history: list[tuple[float, int, float]] | None  # an adaptive window's changes
+    fleet: FleetStatus | None = None  # the servers' side, when the dispatcher has a fleet
 
 
 class Dispatcher:
@@ -57,18 +60,27 @@ class Dispatcher:
         max_window: int = MAX_WINDOW,
         monitor_interval_s: float = MONITOR_INTERVAL_S,
         controller: WindowController | None = None,
+        fleet: Fleet | None = None,
+        window_per_member: int | None = None,
     ) -> None:
+        """With a ``fleet``, the dispatcher starts and stops it and a row whose server died is
+        sent again uncharged (sender.py); with ``window_per_member`` too, the fixed window is
+        that many times the members up, following them as they join and leave."""
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
         self.transport = transport
+        self.fleet = fleet
         self.server = ServerInfo(transport)
-        self.sender = Sender(transport, retry or RetryPolicy.default(), self.server)
+        self.sender = Sender(transport, retry or RetryPolicy.default(), self.server, fleet)
         # adaptive: follow the server's load (its /metrics) instead of a fixed window.
         self.adaptive = adaptive
         self.controller = controller or WindowController(concurrency, max_window)
         self.monitor = LoadMonitor(transport, self._on_load, monitor_interval_s)
         self.pool: WorkerPool[Work] = WorkerPool(concurrency, self._run)
         self.output_tokens = 0  # received over all jobs, for the adaptive window
+        self.window_per_member = window_per_member
+        if window_per_member is not None and isinstance(transport, FleetTransport):
+            transport.on_members = self._members_changed
 
     @property
     def concurrency(self) -> int:
@@ -81,6 +93,12 @@ class Dispatcher:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Dispatcher:
+        if self.fleet is not None:
+            try:
+                await self.fleet.start()
+            except BaseException:
+                await self.fleet.stop()
+                raise
         self.start()
         return self
 
@@ -96,10 +114,16 @@ class Dispatcher:
         await self.monitor.aclose()
         await self.pool.aclose()
         await self.transport.aclose()
+        if self.fleet is not None:
+            await self.fleet.stop()
 
     def resize(self, concurrency: int) -> None:
         """Change the window while running."""
         self.pool.resize(concurrency)
+
+    def _members_changed(self, up: int) -> None:
+        assert self.window_per_member is not None
+        self.resize(self.window_per_member * max(1, up))
 
     def _on_load(self, load: ServerLoad) -> None:
         if not self.adaptive:
@@ -119,6 +143,7 @@ class Dispatcher:
             window_held=adaptive and self.controller.capped,
             load=self.monitor.load,
             window_history=list(self.controller.history) if adaptive else None,
+            fleet=self.fleet.status() if self.fleet is not None else None,
         )
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -151,6 +176,7 @@ class Dispatcher:
                 yield item
             finished = True
         finally:
+            job.closed = True
             if not finished:
                 feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -158,7 +184,15 @@ class Dispatcher:
 
     async def _run(self, work: Work) -> None:
         job = work.job
-        result = await self.sender.send(work.request, job.stats, job.on_overflow)
+        if job.closed:
+            return  # queued before its job ended: not sent, not written
+        try:
+            result = await self.sender.send(work.request, job.stats, job.on_overflow)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a fleet that gave up, or a bug: end the job with it
+            job.fail(exc)
+            return
         self.output_tokens += result.completion_tokens
         await job.deliver(work, result)
 

@@ -9,7 +9,7 @@ read from every member and their lines concatenated, so the load sums; other cal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .._config import CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S
@@ -34,6 +34,8 @@ class FleetTransport:
         self._in_flight: dict[str, int] = {}
         self._seen: Sequence[str] | None = None  # the fleet's list the members were made from
         self._members: list[AiohttpTransport] = []
+        # Told the number of members up whenever it changes (a window per member follows it).
+        self.on_members: Callable[[int], None] | None = None
 
     def __repr__(self) -> str:
         return f"FleetTransport({self.fleet!r})"
@@ -47,6 +49,8 @@ class FleetTransport:
                 self._pools[url] = AiohttpTransport(url, api_key, timeout_s, connect_timeout_s)
                 self._in_flight[url] = 0
         self._members = [self._pools[url] for url in urls]
+        if self.on_members is not None:
+            self.on_members(len(urls))
 
     def request(
         self, method: str, path: str, body: bytes | None = None
@@ -71,8 +75,11 @@ class FleetTransport:
         replies = await asyncio.gather(
             *(t.request("GET", "/metrics") for t in members), return_exceptions=True
         )
-        texts = [r.content for r in replies if isinstance(r, Response) and r.status == 200]
-        return Response(200 if texts else 503, b"\n".join(texts))
+        answers = [r for r in replies if isinstance(r, Response)]
+        if not answers:
+            raise TransportError("connect_error", "no server answered GET /metrics")
+        texts = [r.content for r in answers if r.status == 200]
+        return Response(200 if texts else answers[0].status, b"\n".join(texts))
 
     async def _least_busy(
         self, members: list[AiohttpTransport], method: str, path: str, body: bytes | None

@@ -39,6 +39,7 @@ class JobStream:
         self.outstanding = 0  # handed to workers, not yet delivered
         self.idle = asyncio.Event()
         self.idle.set()
+        self.closed = False  # its reader is gone (done, failed, interrupted): send no more
 
     async def feed(
         self, requests: Iterable[PreparedRequest], put: Callable[[Work], Awaitable[None]]
@@ -75,6 +76,11 @@ class JobStream:
         self.outstanding -= 1
         if self.outstanding == 0:
             self.idle.set()
+
+    def fail(self, error: BaseException) -> None:
+        """End the job's results with ``error`` (a fleet that gave up, or a bug: the job must
+        not wait for rows that will never come)."""
+        self.results.put_nowait(error)
 
     async def wait_for_room(self, seq: int) -> None:
         """Back-pressure for input order: row ``seq`` may start only while it is fewer than

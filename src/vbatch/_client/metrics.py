@@ -58,8 +58,9 @@ def parse_metrics(text: str) -> ServerLoad | None:
 
 class LoadMonitor:
     """Reads the server's ``/metrics`` every ``interval_s``, keeps the last load and hands each
-    new one to ``on_load``. A server without vLLM's metrics (three misses in a row) is simply not
-    watched any more."""
+    new one to ``on_load``. A server without vLLM's metrics (three answers in a row that are not
+    vLLM's) is simply not watched any more; no answer at all (no server up right now, one
+    restarting) is only a look missed."""
 
     def __init__(
         self,
@@ -90,9 +91,11 @@ class LoadMonitor:
             await asyncio.sleep(self.interval_s)
             try:
                 response = await self.transport.request("GET", "/metrics")
+            except TransportError:
+                continue
+            load = None
+            if response.status == 200:
                 load = parse_metrics(response.content.decode("utf-8", "replace"))
-            except (TransportError, UnicodeDecodeError):
-                load = None
             if load is None:
                 misses += 1
                 continue

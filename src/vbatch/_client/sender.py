@@ -3,15 +3,22 @@
 The loop is small on purpose (after tenacity): what a reply means is ``classify``'s, when to
 stop and how long to wait is the ``RetryPolicy``'s, how much room is left for output is
 ``room_for_output``'s. A failure is never raised: it becomes the row's ``Result``.
+
+With a fleet, a request that got no reply is not simply charged an attempt: the fleet is asked
+whether that server is down (``suspect``). If it is, the server went away under the row, which
+is not the row's doing: no attempt is charged, and the row waits for a member that is up and
+goes again (``FleetError`` ends the wait when none will be).
 """
 
 from __future__ import annotations
+
+import time
 
 import orjson
 
 from .._config import OverflowPolicy
 from .._errors import TransportError
-from .._fleet.base import API_PREFIX
+from .._fleet.base import API_PREFIX, Fleet
 from .._models import PreparedRequest, Result
 from .classify import Outcome, classify
 from .overflow import room_for_output
@@ -24,8 +31,15 @@ __all__ = ["Sender"]
 
 
 class Sender:
-    def __init__(self, transport: Transport, retry: RetryPolicy, server: ServerInfo) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        retry: RetryPolicy,
+        server: ServerInfo,
+        fleet: Fleet | None = None,
+    ) -> None:
         self.transport = transport
+        self.fleet = fleet
         self.retry = retry
         self.server = server
         self.in_flight = 0  # requests on the wire now, over all jobs (the window watches it)
@@ -58,6 +72,9 @@ class Sender:
                 self.in_flight -= 1
                 if stats is not None:
                     stats.in_flight -= 1
+            if isinstance(reply, TransportError) and await self._server_went_away(reply, stats):
+                attempt -= 1
+                continue
             outcome = classify(reply, body, self.server.max_model_len, policy.retry_statuses)
             if outcome.error is None:
                 clamped = clamped if clamped is not None else outcome.shortened_to
@@ -75,9 +92,29 @@ class Sender:
                 delay = policy.next_delay(attempt, clock() - start, outcome.retry_after_s)
             if delay is None:
                 return self._result(request, outcome, attempt, clock() - start, clamped)
-            if stats is not None:
-                stats.retries += 1
-            await policy.sleep(delay)
+            if stats is None:
+                await policy.sleep(delay)
+                continue
+            stats.retries += 1
+            stats.retrying += 1
+            stats.backoff_until = max(stats.backoff_until, time.monotonic() + delay)
+            try:
+                await policy.sleep(delay)
+            finally:
+                stats.retrying -= 1
+
+    async def _server_went_away(self, error: TransportError, stats: Stats | None) -> bool:
+        """Whether ``error`` came from a server that is down (or from having none up): then
+        wait until one is up, and the row goes again uncharged."""
+        fleet = self.fleet
+        if fleet is None:
+            return False
+        if error.endpoint is not None and not await fleet.suspect(error.endpoint):
+            return False  # the server is fine: this request's own failure, charged as usual
+        if stats is not None:
+            stats.requeued += 1
+        await fleet.wait_up()
+        return True
 
     @staticmethod
     def _result(

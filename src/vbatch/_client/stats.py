@@ -21,6 +21,9 @@ class Stats:
     retries: int = 0
     clamped: int = 0
     in_flight: int = 0
+    retrying: int = 0  # rows waiting out a back-off before their next attempt
+    backoff_until: float = 0.0  # when the latest of those back-offs ends (monotonic)
+    requeued: int = 0  # sends that a dying server lost, sent again without charging the row
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -28,6 +31,10 @@ class Stats:
     # Server-side view, filled by whatever polls the server's /metrics (None when unknown).
     server_running: int | None = None
     server_waiting: int | None = None
+    # The fleet's view, filled from its status: servers held, up now, restarted so far.
+    servers: int | None = None
+    servers_up: int | None = None
+    restarts: int = 0
     window: int | None = None  # the dispatcher's current in-flight limit
     window_capped: bool = False  # an adaptive window held small: a bigger one was slower
     # An adaptive window's changes, (seconds since start, window, output tok/s it replaced).
@@ -68,10 +75,17 @@ class Stats:
 
     @property
     def eta_s(self) -> float | None:
+        """Time left at the rate so far; never under a second while rows remain, nor before
+        the back-offs that rows are waiting out end."""
         remaining = self.remaining
         if remaining is None or self.done == 0:
             return None
-        return remaining / self.requests_per_s
+        if remaining == 0:
+            return 0.0
+        eta = max(remaining / self.requests_per_s, 1.0)
+        if self.retrying:
+            eta = max(eta, self.backoff_until - time.monotonic())
+        return eta
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -81,6 +95,8 @@ class Stats:
             "ok": self.ok,
             "failed": self.failed,
             "retries": self.retries,
+            "requeued": self.requeued,
+            "restarts": self.restarts,
             "clamped": self.clamped,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,

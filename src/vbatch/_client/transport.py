@@ -76,14 +76,20 @@ class AiohttpTransport:
                 content = await resp.read()
                 return Response(resp.status, content, resp.headers)
         except TimeoutError:
-            raise TransportError("timeout", f"no reply within {self._timeout.total}s") from None
+            raise TransportError(
+                "timeout", f"no reply within {self._timeout.total}s", self.base_url
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             message = f"cannot connect to {self.root}: {exc.os_error}"
-            raise TransportError("connect_error", message) from None
+            raise TransportError("connect_error", message, self.base_url) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise TransportError("server_disconnected", str(exc) or type(exc).__name__) from None
+            raise TransportError(
+                "server_disconnected", str(exc) or type(exc).__name__, self.base_url
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError("server_disconnected", f"{type(exc).__name__}: {exc}") from None
+            raise TransportError(
+                "server_disconnected", f"{type(exc).__name__}: {exc}", self.base_url
+            ) from None
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -163,7 +163,8 @@ class VllmServer:
             text = f.read().decode("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def _failure(self, what: str) -> LaunchError:
+    def failure(self, what: str) -> LaunchError:
+        """``what`` went wrong, with the command line and the last lines of the log."""
         return LaunchError(
             f"{what}\ncommand: {shlex.join(self.command)}\nlog: {self.log_path}\n"
             f"--- last lines of the log ---\n{self.log_tail()}"
@@ -175,7 +176,7 @@ class VllmServer:
         assert self.proc is not None, "start() first"
         code = self.proc.poll()
         if code is not None:
-            raise self._failure(f"vLLM exited with code {code} before it was ready")
+            raise self.failure(f"vLLM exited with code {code} before it was ready")
         with (
             contextlib.suppress(urllib.error.URLError, OSError),
             urllib.request.urlopen(self.root_url + "/health", timeout=2) as resp,
@@ -184,7 +185,7 @@ class VllmServer:
                 return True
         if time.monotonic() - self.started_at > self.spec.startup_timeout_s:
             self.stop()
-            raise self._failure(f"vLLM was not healthy within {self.spec.startup_timeout_s:.0f}s")
+            raise self.failure(f"vLLM was not healthy within {self.spec.startup_timeout_s:.0f}s")
         return False
 
     def wait_healthy(self, poll_s: float = 0.5) -> None:

@@ -1,22 +1,35 @@
 """The fleet seam: what the client needs of whoever holds the servers.
 
-A fleet starts its servers, lists the base URLs of those that can take requests *now*, and stops
-them. The transport asks for that list as it sends, so a member may join or leave while a job
-runs. ``StaticFleet`` is a fixed list of servers someone else runs; ``LocalFleet`` starts vLLM
-on this machine.
+A fleet starts its servers, lists the base URLs of those that can take requests *now*, watches
+them, and stops them. The transport asks for that list as it sends, so a member may join or
+leave while a job runs. When a request fails without a reply, the sender asks the fleet whether
+that member is down (``suspect``): if it is, the row goes back to be sent elsewhere without
+being charged an attempt, and waits (``wait_up``) while no member is up. ``StaticFleet`` is a
+list of servers someone else runs; ``LocalFleet`` starts vLLM on this machine and restarts it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from .._errors import ConfigError
 
-__all__ = ["API_PREFIX", "Fleet", "split_base_url"]
+__all__ = ["API_PREFIX", "Fleet", "FleetStatus", "base_urls", "split_base_url"]
 
 # Where vLLM (and every OpenAI-compatible server) serves the OpenAI routes, below the root.
 API_PREFIX = "/v1"
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """What progress and the run's summary show of a fleet."""
+
+    members: int  # servers the fleet holds
+    up: int  # of them, taking requests now
+    restarts: int = 0  # servers restarted so far
+    failure: str | None = None  # why the fleet gave up, once it has
 
 
 class Fleet(Protocol):
@@ -28,6 +41,17 @@ class Fleet(Protocol):
         """Base URLs (``http://host:port/v1``) of the members that can take requests now. The
         same sequence object is returned until the membership changes (callers cache on it)."""
         ...
+
+    async def suspect(self, url: str) -> bool:
+        """A request to ``url`` got no reply: look at that member now. True when it is down
+        (it is then out of ``endpoints()`` until it is back)."""
+        ...
+
+    async def wait_up(self) -> None:
+        """Return once a member is up; ``FleetError`` when none will be."""
+        ...
+
+    def status(self) -> FleetStatus: ...
 
     async def stop(self) -> None:
         """Stop whatever the fleet started; a no-op for servers it does not own."""
@@ -46,3 +70,9 @@ def split_base_url(base_url: str) -> tuple[str, str]:
     if url.endswith(API_PREFIX):
         return url[: -len(API_PREFIX)], API_PREFIX
     return url, API_PREFIX
+
+
+def base_urls(value: str | Sequence[str]) -> list[str]:
+    """Server URLs given once each, comma-separated or both (``--base-url a,b --base-url c``)."""
+    items = [value] if isinstance(value, str) else list(value)
+    return [url.strip() for item in items for url in item.split(",") if url.strip()]

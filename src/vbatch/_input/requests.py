@@ -10,6 +10,7 @@ row; other keys (metadata columns) are not sent.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,12 @@ class RequestBuilder:
         endpoint: EndpointMode = "auto",
         require_model: bool = True,
         model_hint: str = "",
+        served: Collection[str] | None = None,
+        force_model: bool = False,
     ) -> None:
+        """``served``: the models the server serves, when known (a row naming another is an
+        error here, not a failed request later). ``force_model``: the defaults' model replaces
+        every row's own, an OpenAI Batch line's body model included."""
         self.path = path
         self.defaults = defaults
         self.fields = fields or FieldMap()
@@ -70,6 +76,8 @@ class RequestBuilder:
         self._base = defaults.body_fields()
         self.require_model = require_model
         self.model_hint = model_hint
+        self.served = served
+        self.force_model = force_model and defaults.model is not None
         self.batch_lines: bool | None = None  # decided by the first row
 
     def build(self, row: RawRow) -> PreparedRequest:
@@ -104,6 +112,8 @@ class RequestBuilder:
         key = "prompt" if line.endpoint == COMPLETIONS else "messages"
         self._check_payload(row, key, line.body[key])
         merged = {**self._base, **line.body}
+        if self.force_model:
+            merged["model"] = self.defaults.model
         self._check_model(row, merged)
         return PreparedRequest(row.index, line.custom_id, line.endpoint, merged)
 
@@ -114,6 +124,8 @@ class RequestBuilder:
         for key, value in data.items():
             if key in BODY_FIELDS:
                 body[key] = value
+        if self.force_model:
+            body["model"] = self.defaults.model
         if f.template is not None:
             try:
                 prompt: Any = f.template.format_map(data)
@@ -171,6 +183,16 @@ class RequestBuilder:
                 raise self._error(row, f"messages[{i}] must be an object with a string 'role'")
 
     def _check_model(self, row: RawRow, body: dict[str, Any]) -> None:
-        if self.require_model and not body.get("model"):
+        if not self.require_model:
+            return
+        model = body.get("model")
+        if not model:
             hint = f" ({self.model_hint})" if self.model_hint else ""
             raise self._error(row, f"no model: pass --model or give the row a 'model'{hint}")
+        served = self.served
+        if served is not None and model not in served:
+            raise self._error(
+                row,
+                f"model {model!r} is not served here (the server serves "
+                f"{', '.join(map(repr, served))}); --model NAME sends every row to NAME",
+            )

@@ -6,6 +6,7 @@ messages cite (the file's line for JSONL and CSV, the 1-based row number for Par
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ class Source:
     def _jsonl(self, pending: np.ndarray | None) -> Iterator[RawRow]:
         index = 0
         with open(self.path, "rb") as f:
+            if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:  # as Windows tools write them
+                f.seek(0)
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

@@ -18,6 +18,7 @@ from .._errors import OutputError, ResumeError
 from .._input.ids import DigestList
 from .._models import Result
 from .files import check_writable, replacing
+from .lock import OutputLock
 from .records import format_batch_line, format_record, read_record_status
 from .sink import JsonlSink
 
@@ -38,6 +39,11 @@ class OutputState:
 
 class ResultWriter(Protocol):
     name: str  # what messages call the output (its path)
+
+    def lock(self) -> None:
+        """Hold the output for this run (``OutputError`` when another run holds it); ``close``
+        lets go. Taken before anything else, so two runs never both write."""
+        ...
 
     def check(self) -> None:
         """Raise ``OutputError`` if the output cannot be written; before anything is sent."""
@@ -73,6 +79,13 @@ class JsonlResultWriter:
         self.include_response = include_response
         self._sink: JsonlSink | None = None
         self._batch_lines = False
+        self._lock = OutputLock(path)
+
+    def lock(self) -> None:
+        folder = os.path.dirname(os.path.abspath(self.name))
+        if not os.path.isdir(folder):  # the lock file goes there: say what is missing
+            raise OutputError(f"{self.name}: folder {folder} does not exist")
+        self._lock.acquire()
 
     def check(self) -> None:
         check_writable(self.name)
@@ -102,9 +115,12 @@ class JsonlResultWriter:
             self._sink.flush()
 
     def close(self) -> None:
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+        try:
+            if self._sink is not None:
+                self._sink.close()
+                self._sink = None
+        finally:
+            self._lock.release()
 
     def scan(self, retry_failed: bool) -> OutputState:
         state = OutputState(resumed=True)
