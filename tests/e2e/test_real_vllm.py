@@ -268,6 +268,9 @@ def test_self_launched_default_leaves_no_process(tmp_path: Path) -> None:
     records = read_jsonl(out)
     assert sorted(r["id"] for r in records) == ["a", "b"]
     assert all(r["text"] for r in records)
+    log = Path(re.findall(r"server log: (\S+)", proc.stderr)[0]).read_text()
+    assert "Starting vLLM server on" in log  # the log is the server's
+    assert '"POST /v1/' not in log  # no access log line per request
     time.sleep(1)
     assert vllm_processes() <= before, "the launcher left vLLM processes behind"
 

@@ -74,7 +74,8 @@ def test_spec_argv_passes_settings_and_extra_flags() -> None:
     assert "--host 127.0.0.1 --port 8123" in joined
     assert "--max-model-len 640" in joined and "--dtype float32" in joined
     assert "--served-model-name m" in joined
-    assert argv[-2:] == ["--enforce-eager", "--enable-prefix-caching"]
+    assert argv[-3:] == ["--enforce-eager", "--disable-uvicorn-access-log",
+                         "--enable-prefix-caching"]  # fmt: skip
     assert "--tensor-parallel-size" not in joined  # unset: left to vLLM
 
 

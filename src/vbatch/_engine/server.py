@@ -64,6 +64,10 @@ class ServerSpec:
     data_parallel_size: int | None = None
     gpu_memory_utilization: float | None = None
     enforce_eager: bool = False
+    # uvicorn's access log writes a line for every request: a million lines for a million rows,
+    # and work for the one API process. Off for servers vbatch starts; vLLM's periodic stats
+    # (throughput, KV use, every 10 s) stay in the log.
+    access_log: bool = False
     extra_args: tuple[str, ...] = ()
     # Environment defaults: the server gets them unless vbatch's own environment sets them.
     env: Mapping[str, str] = field(default_factory=dict)
@@ -88,6 +92,8 @@ class ServerSpec:
                 cmd += [flag, str(value)]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
+        if not self.access_log:
+            cmd.append("--disable-uvicorn-access-log")
         return cmd + list(self.extra_args)
 
 
