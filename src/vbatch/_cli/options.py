@@ -103,8 +103,8 @@ client_options = _group([
     click.option("--concurrency", type=click.IntRange(min=1),
                  help=f"Requests in flight at once [default: from {DEFAULT_CONCURRENCY}, "
                       "following the load and output tokens/s vLLM reports on /metrics; 2 x "
-                      "max_num_seqs x replicas for a server vbatch starts]. The server's "
-                      "--max-num-seqs plus a quarter keeps its batch full."),
+                      "max_num_seqs for each replica up, for servers vbatch starts]. The "
+                      "server's --max-num-seqs plus a quarter keeps its batch full."),
     click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1),
                  default=DEFAULT_TIMEOUT_S, show_default=True,
                  help="Seconds one request may take."),
