@@ -139,3 +139,46 @@ async def test_overflow_error_policy_is_not_retried() -> None:
         result = await d.execute(req(), on_overflow="clamp")
     assert calls == 1  # prompt alone too long: nothing to clamp to
     assert result.error is not None and result.error.code == "context_length_exceeded"
+
+
+class _Fleet:
+    """A fleet whose members' health the test decides."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+        self.asked: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    def endpoints(self) -> tuple[str, ...]:
+        return ("http://a/v1", "http://b/v1")
+
+    async def suspect(self, url: str) -> bool:
+        self.asked.append(url)
+        return url in self.down
+
+    async def wait_up(self) -> None:
+        pass
+
+    def status(self) -> object:
+        return None
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_5xx_from_a_server_that_died_is_not_charged_but_from_a_live_one_is() -> None:
+    from vbatch import Stats
+
+    for down, attempts, retries in ((set(), 2, 1), ({"http://a/v1"}, 1, 0)):
+        replies = iter([Response(500, b'{"error": {"message": "EngineDeadError"}}', {},
+                                 "http://a/v1"), Response(200, OK, {}, "http://b/v1")])  # fmt: skip
+        fleet = _Fleet(down)
+        policy, _ = recording_policy()
+        stats = Stats()
+        transport = MockTransport(lambda m, p, b, replies=replies: next(replies))
+        async with Dispatcher(transport, retry=policy, fleet=fleet) as d:  # type: ignore[arg-type]
+            result = await d.execute(req(), stats)
+        assert result.ok and fleet.asked == ["http://a/v1"]
+        assert (result.attempts, stats.retries, stats.requeued) == (attempts, retries, 1 - retries)

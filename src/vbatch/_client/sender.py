@@ -4,10 +4,10 @@ The loop is small on purpose (after tenacity): what a reply means is ``classify`
 stop and how long to wait is the ``RetryPolicy``'s, how much room is left for output is
 ``room_for_output``'s. A failure is never raised: it becomes the row's ``Result``.
 
-With a fleet, a request that got no reply is not simply charged an attempt: the fleet is asked
-whether that server is down (``suspect``). If it is, the server went away under the row, which
-is not the row's doing: no attempt is charged, and the row waits for a member that is up and
-goes again (``FleetError`` ends the wait when none will be).
+With a fleet, a request that got no reply (or a 5xx) is not simply charged an attempt: the
+fleet is asked whether that server is down (``suspect``). If it is, the server went away under
+the row, which is not the row's doing: no attempt is charged, and the row waits for a member
+that is up and goes again (``FleetError`` ends the wait when none will be).
 """
 
 from __future__ import annotations
@@ -72,10 +72,15 @@ class Sender:
                 self.in_flight -= 1
                 if stats is not None:
                     stats.in_flight -= 1
-            if isinstance(reply, TransportError) and await self._server_went_away(reply, stats):
+            outcome = classify(reply, body, self.server.max_model_len, policy.retry_statuses)
+            if (
+                outcome.error is not None  # successes pay one check, nothing more
+                and self.fleet is not None
+                and _server_failure(reply)
+                and await self._server_went_away(reply.endpoint, stats)
+            ):
                 attempt -= 1
                 continue
-            outcome = classify(reply, body, self.server.max_model_len, policy.retry_statuses)
             if outcome.error is None:
                 clamped = clamped if clamped is not None else outcome.shortened_to
                 return self._result(request, outcome, attempt, clock() - start, clamped)
@@ -103,13 +108,13 @@ class Sender:
             finally:
                 stats.retrying -= 1
 
-    async def _server_went_away(self, error: TransportError, stats: Stats | None) -> bool:
-        """Whether ``error`` came from a server that is down (or from having none up): then
+    async def _server_went_away(self, endpoint: str | None, stats: Stats | None) -> bool:
+        """Whether the server at ``endpoint`` is down (or, None, none was up to send to): then
         wait until one is up, and the row goes again uncharged."""
         fleet = self.fleet
         if fleet is None:
             return False
-        if error.endpoint is not None and not await fleet.suspect(error.endpoint):
+        if endpoint is not None and not await fleet.suspect(endpoint):
             return False  # the server is fine: this request's own failure, charged as usual
         if stats is not None:
             stats.requeued += 1
@@ -126,3 +131,12 @@ class Sender:
             request.index, request.id, request.endpoint, outcome.status, outcome.body,
             outcome.error, attempts, latency_s, request_id, clamped,
         )  # fmt: skip
+
+
+def _server_failure(reply: Response | TransportError) -> bool:
+    """No reply, or a 5xx from a known server: what a server that is dying gives (vLLM answers
+    its in-flight requests with a 500 once its engine is dead, then goes). Worth asking the
+    fleet about."""
+    if isinstance(reply, TransportError):
+        return True
+    return reply.status >= 500 and reply.endpoint is not None

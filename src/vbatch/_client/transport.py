@@ -25,6 +25,7 @@ class Response:
     status: int
     content: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    endpoint: str | None = None  # the server (base URL) that answered, when known
 
 
 class Transport(Protocol):
@@ -74,7 +75,7 @@ class AiohttpTransport:
         try:
             async with session.request(method, self.root + path, data=body) as resp:
                 content = await resp.read()
-                return Response(resp.status, content, resp.headers)
+                return Response(resp.status, content, resp.headers, self.base_url)
         except TimeoutError:
             raise TransportError(
                 "timeout", f"no reply within {self._timeout.total}s", self.base_url
