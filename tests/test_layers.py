@@ -10,7 +10,7 @@ from pathlib import Path
 import vbatch
 
 ROOT = Path(vbatch.__file__).parent
-SHARED = {"_config", "_errors", "_models", "_batchline"}  # plain values and settings
+SHARED = {"_config", "_errors", "_models", "_batchline", "_tasks"}  # values, settings, helpers
 ALLOWED = {
     "_input": SHARED,
     "_output": SHARED | {"_input"},  # row identity: id digests, the validated index

@@ -4,7 +4,6 @@ one through a dispatcher: validate -> prepare output -> stream pending rows -> w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +35,7 @@ from ._output.resume import pending_mask, prepare_output
 from ._output.state import FileStateStore, JobStateStore, file_digest
 from ._output.writer import JsonlResultWriter, OutputState, ResultWriter
 from ._progress import NullProgress, Progress
+from ._tasks import cancel_and_wait
 
 __all__ = ["Job", "RunSummary", "iter_results", "preview_requests", "run_job"]
 
@@ -192,10 +192,7 @@ async def iter_results(
             yield result
             fail_fast.see(result)
     finally:
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        await cancel_and_wait(flusher)
         if writer is not None:
             writer.close()
 
@@ -248,16 +245,12 @@ async def run_job(
                 stopper.cancel()
             if not runner.done():
                 interrupted = True
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
+                await cancel_and_wait(runner)
             else:
                 runner.result()
     finally:
         if not runner.done():
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            await cancel_and_wait(runner)
         stats.finished_at = time.monotonic()
         stats.cpu_end_s = time.process_time()
         snapshot = dispatcher.snapshot()

@@ -9,12 +9,12 @@ replicas sum.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._config import MONITOR_INTERVAL_S
 from .._errors import TransportError
+from .._tasks import cancel_and_wait
 from .transport import Transport
 
 __all__ = ["LoadMonitor", "ServerLoad", "parse_metrics"]
@@ -79,11 +79,8 @@ class LoadMonitor:
             self._task = asyncio.create_task(self._watch())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _watch(self) -> None:
         misses = 0

@@ -97,16 +97,15 @@ class Sender:
                 delay = policy.next_delay(attempt, clock() - start, outcome.retry_after_s)
             if delay is None:
                 return self._result(request, outcome, attempt, clock() - start, clamped)
-            if stats is None:
-                await policy.sleep(delay)
-                continue
-            stats.retries += 1
-            stats.retrying += 1
-            stats.backoff_until = max(stats.backoff_until, time.monotonic() + delay)
+            if stats is not None:
+                stats.retries += 1
+                stats.retrying += 1
+                stats.backoff_until = max(stats.backoff_until, time.monotonic() + delay)
             try:
                 await policy.sleep(delay)
             finally:
-                stats.retrying -= 1
+                if stats is not None:
+                    stats.retrying -= 1
 
     async def _server_went_away(self, endpoint: str | None, stats: Stats | None) -> bool:
         """Whether the server at ``endpoint`` is down (or, None, none was up to send to): then

@@ -8,9 +8,10 @@ runs: new workers start at once, surplus ones leave after their current item.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from .._tasks import cancel_and_wait
 
 __all__ = ["WorkerPool"]
 
@@ -55,11 +56,7 @@ class WorkerPool(Generic[T]):
             self._retiring += live - size
 
     async def aclose(self) -> None:
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._workers)
         self._workers = []
         self._queue = None
 

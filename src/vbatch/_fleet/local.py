@@ -12,13 +12,13 @@ lines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._config import HEALTH_INTERVAL_S, MAX_RESTARTS
 from .._engine.plan import LaunchPlan
 from .._engine.server import VllmServer, free_port
+from .._tasks import cancel_and_wait
 from .base import FleetStatus
 from .replica import Replica, Supervision
 from .roster import Prober, Roster
@@ -111,11 +111,7 @@ class LocalFleet:
                            None if failure is None else str(failure))  # fmt: skip
 
     async def stop(self) -> None:
-        for task in self._watchers:
-            task.cancel()
-        for task in self._watchers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._watchers)
         self._watchers = []
         for replica in self.replicas:
             self.roster.mark(replica.url, False)

@@ -51,9 +51,6 @@ class Roster:
         self.failure: FleetError | None = None
         self._probes: dict[str, asyncio.Future[bool]] = {}
 
-    def is_up(self, url: str) -> bool:
-        return url in self._up
-
     def add(self, url: str) -> None:
         if url not in self.order:
             self.order.append(url)

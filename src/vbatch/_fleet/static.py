@@ -9,12 +9,12 @@ endpoints, and re-admitted after its next good probe. With every member parked f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from .._config import DOWN_TIMEOUT_S, HEALTH_INTERVAL_S, UNHEALTHY_PROBES
 from .._errors import ConfigError, FleetError
+from .._tasks import cancel_and_wait
 from .base import FleetStatus, split_base_url
 from .roster import Prober, Roster
 
@@ -74,11 +74,8 @@ class StaticFleet:
                            None if failure is None else str(failure))  # fmt: skip
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await cancel_and_wait(self._watcher)
+        self._watcher = None
         await self._prober.aclose()
 
     def _watch(self) -> None:
