@@ -11,20 +11,31 @@ seed), written once as a vbatch JSONL input.
   seed             the seed recipe (openai client + Semaphore + gather) against --url
   vbatch           `vbatch run` against --url (its default, adaptive window)
   vbatch-launch    `vbatch run --model ...`: vbatch starts and sizes vLLM itself
+
+With ``--shape NAME`` (shapes.py: decode, prefix, chat, short), ``offline`` and ``vbatch-launch``
+run that job shape and time the whole command as a user waits for it: ``total_wall_s`` from the
+process's start (offline: imports, ``LLM(model)`` with vLLM's defaults, ``generate``/``chat``, no
+warm-up) or from the command's launch (vbatch: sizing, vLLM's start, the run, the stop), beside
+``wall_s``, the run alone.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
-from pathlib import Path
-from typing import Any
+
+T_PROCESS = time.perf_counter()  # before the heavy imports: offline's whole command starts here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import shapes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -86,12 +97,16 @@ def record(out: str, **kw: Any) -> None:
 
 
 def run_child(
-    cmd: list[str], timeout: float, watch: Path | None = None, env: dict[str, str] | None = None
+    cmd: list[str],
+    timeout: float,
+    watch: Path | None = None,
+    env: dict[str, str] | None = None,
+    stderr: Any = None,
 ) -> tuple[float, float | None, str]:
     """(wall s, seconds until ``watch`` first had data (None without one), stdout); stderr
-    passes through."""
+    passes through unless given."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, stderr=stderr)
     first = None
     if watch is not None:
         watch.unlink(missing_ok=True)
@@ -120,7 +135,38 @@ def cmd_prompts(a: argparse.Namespace) -> None:
             f.write(json.dumps({"id": i, "prompt": p}) + "\n")
 
 
+def cmd_offline_shape(a: argparse.Namespace) -> None:
+    """A user's offline script for the shape: vLLM's defaults, the whole job, no warm-up."""
+    rows = shapes.rows(a.shape)[: a.rows or None]
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    t0 = time.perf_counter()
+    llm = LLM(model=a.model, seed=0, load_format="dummy", **json.loads(a.engine))
+    startup = time.perf_counter() - t0
+    sp = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0)
+    t0 = time.perf_counter()
+    cpu = ServerCpu(include_self=True)
+    if "messages" in rows[0]:
+        outs = llm.chat([r["messages"] for r in rows], sp, use_tqdm=False)
+    else:
+        outs = llm.generate([r["prompt"] for r in rows], sp, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    server_cpu = cpu.result()
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    prompt_tokens = sum(len(o.prompt_token_ids or ()) for o in outs)
+    record(a.out, case=a.case, shape=a.shape, model=a.label, max_tokens=a.max_tokens,
+           n=len(outs), wall_s=round(wall, 2), out_tok_s=round(tokens / wall, 1),
+           req_s=round(len(outs) / wall, 2), startup_s=round(startup, 1),
+           total_wall_s=round(time.perf_counter() - T_PROCESS, 1),
+           mean_prompt_tokens=round(prompt_tokens / len(outs), 1), engine=json.loads(a.engine),
+           vllm=vllm.__version__, server_cpu=server_cpu)  # fmt: skip
+
+
 def cmd_offline(a: argparse.Namespace) -> None:
+    if a.shape:
+        cmd_offline_shape(a)
+        return
     sys.path.insert(0, a.baseline)
     import vllm
     from prompts import make_prompts
@@ -208,17 +254,21 @@ def _vbatch(a: argparse.Namespace, *extra: str) -> None:
     if a.src:  # another tree's vbatch (a before/after pair in one lease)
         env = {**os.environ, "PYTHONPATH": f"{a.src}:{os.environ.get('PYTHONPATH', '')}"}
     cpu = ServerCpu()
-    total, first, _ = run_child(cmd, a.timeout, watch=out, env=env)
+    log = Path(a.workdir) / f"{a.case}.stderr"
+    with open(log, "w") as err:
+        total, first, _ = run_child(cmd, a.timeout, watch=out, env=env, stderr=err)
     server_cpu = cpu.result()  # over the whole command: start-up included when vbatch launches
     m = json.loads(metrics.read_text())
     assert m["ok"] == m["total"], m
+    said = [line for line in log.read_text().splitlines() if "starting" in line]
     stats = {"n": m["done"], "tokens": m["completion_tokens"], "cpu_s": m["client_cpu_s"]}
     _client_record(a, m["wall_s"], stats, total_wall_s=round(total, 1),
                    startup_s=round(total - m["wall_s"], 1), args=list(extra),
                    first_result_s=None if first is None else round(first, 1),
                    restarts=m.get("restarts"), src=a.src or "this tree",
                    window=m.get("window"), window_history=m.get("window_history"),
-                   server_cpu=server_cpu)  # fmt: skip
+                   shape=a.shape or None, launched=said[0] if said else None,
+                   prompt_tokens=m.get("prompt_tokens"), server_cpu=server_cpu)  # fmt: skip
 
 
 def cmd_vbatch(a: argparse.Namespace) -> None:
@@ -226,8 +276,11 @@ def cmd_vbatch(a: argparse.Namespace) -> None:
 
 
 def cmd_vbatch_launch(a: argparse.Namespace) -> None:
-    _vbatch(a, "--model", a.model, "--vllm-arg=--load-format=dummy", "--quiet",
-            *a.vbatch_args.split())  # fmt: skip
+    if a.shape:  # the shape's rows, written before the command starts: the user's data
+        path = Path(a.workdir) / f"shape_{a.shape}.jsonl"
+        a.input = str(shapes.write_input(a.shape, path, a.rows or None))
+    # Not --quiet: the plan's line ("starting 3 replicas of vLLM ...") is kept in the record.
+    _vbatch(a, "--model", a.model, "--vllm-arg=--load-format=dummy", *a.vbatch_args.split())
 
 
 def main() -> None:
@@ -251,7 +304,11 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "/tmp"), "results.jsonl"))
     ap.add_argument("--vbatch-args", default="", help="more `vbatch run` flags, one string")
     ap.add_argument("--src", default="", help="run vbatch from this src/ instead")
+    ap.add_argument("--shape", default="", choices=["", *shapes.SHAPES], help="a job shape")
+    ap.add_argument("--rows", type=int, default=0, help="the shape's first N rows (a dry run)")
     a = ap.parse_args()
+    if a.shape:
+        a.max_tokens = shapes.SHAPES[a.shape].max_tokens
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     a.case = a.case or a.command

@@ -167,17 +167,20 @@ async def iter_results(
         def validate() -> InputIndex:
             return validate_input(source, builder)
 
+        # Whole passes over the input, in a thread: a fleet starting meanwhile is watched, and
+        # a progress display drawn, from this loop.
         if writer is not None:
             assert state is not None, "a writer needs a state store"
-            parts = job.fingerprint_parts(builder.defaults, file_digest(source.path))
-            previous, index = prepare_output(
-                writer, state, parts, validate,
+            digest = await asyncio.to_thread(file_digest, source.path)
+            parts = job.fingerprint_parts(builder.defaults, digest)
+            previous, index = await asyncio.to_thread(
+                prepare_output, writer, state, parts, validate,
                 overwrite=job.overwrite, retry_failed=job.retry_failed, force=job.force,
             )  # fmt: skip
             writer.open(index.batch_lines)
             flusher = asyncio.create_task(_flush_periodically(writer))
         else:
-            previous, index = OutputState(), validate()
+            previous, index = OutputState(), await asyncio.to_thread(validate)
         pending = pending_mask(index.digests, previous.done)
         stats.total = index.rows
         stats.skipped = index.rows - int(pending.sum())

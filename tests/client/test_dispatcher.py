@@ -161,6 +161,9 @@ class _Fleet:
     async def wait_up(self) -> None:
         pass
 
+    def models(self) -> None:
+        return None
+
     def status(self) -> object:
         return None
 

@@ -132,13 +132,27 @@ def test_plan_sizes_max_model_len_from_data_and_caps_it(tmp_path: Path) -> None:
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"prompt": "x" * 100, "max_tokens": 50}) + "\n")
     plan = plan_launch(make_job(str(inp)), str(model), "cpu")
-    assert plan.spec.max_model_len == 192  # 102 + 50 rounded up to 64
+    assert plan.spec.max_model_len == 512  # 102 + 50, in the smallest bucket
     assert plan.spec.enforce_eager and plan.spec.backend == "cpu"
     assert plan.concurrency == 256  # 2 x vLLM's CPU max_num_seqs
+    assert not plan.notes
     inp.write_text(json.dumps({"prompt": "x" * 100, "max_tokens": 5000}) + "\n")
     plan = plan_launch(make_job(str(inp)), str(model), "cpu")
     assert plan.spec.max_model_len == 512
     assert any("capped at the model's 512" in note for note in plan.notes)
+
+
+BUCKETS = [(410, 512), (411, 1024), (922, 1024), (923, 2048), (3000, 4096), (5000, 6000)]
+
+
+@pytest.mark.parametrize(("max_tokens", "bucket"), BUCKETS)
+def test_max_model_len_comes_in_powers_of_two_for_the_compile_cache(
+    tmp_path: Path, max_tokens: int, bucket: int
+) -> None:
+    model = _model_dir(tmp_path, max_positions=6000)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "x" * 100, "max_tokens": max_tokens}) + "\n")
+    assert plan_launch(make_job(str(inp)), str(model), "gpu").spec.max_model_len == bucket
 
 
 def test_plan_on_gpu_and_user_settings_win(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,12 +214,16 @@ def test_approx_params_of_plain_decoders_only() -> None:
     assert approx_params({k: v for k, v in SMOL_SHAPE.items() if k != "vocab_size"}) is None
 
 
-def _gpu_job(tmp_path: Path, config: dict[str, Any]) -> tuple[Job, Path]:
+def _gpu_job(
+    tmp_path: Path, config: dict[str, Any], rows: int = 1, chars: int = 400, max_tokens: int = 100
+) -> tuple[Job, Path]:
+    """``rows`` prompts of ``chars + 2`` tokens (the byte bound: no tokenizer in the folder)."""
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text(json.dumps(config))
     inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps({"prompt": "x" * 400, "max_tokens": 100}) + "\n")  # 512 tokens
+    row = json.dumps({"prompt": "x" * chars, "max_tokens": max_tokens}) + "\n"
+    inp.write_text(row * rows)
     return make_job(str(inp)), model
 
 
@@ -216,20 +234,25 @@ def _kv_arg(plan: LaunchPlan) -> int | None:
     return int(args[args.index("--kv-cache-memory-bytes") + 1])
 
 
+SMOL_KV = 2 * 30 * 3 * 64 * 2  # bytes a token
+LLAMA_1B_KV = 2 * 16 * 8 * 64 * 2
+
+
 def test_gpu_replicas_with_a_fixed_kv_cache_start_together(tmp_path: Path) -> None:
-    job, model = _gpu_job(tmp_path, SMOL_SHAPE)
+    job, model = _gpu_job(tmp_path, SMOL_SHAPE, rows=5000)  # 402 + 100 tokens a row
     plan = plan_launch(job, str(model), "gpu", 120 * 2**30, replicas=2)
     assert plan.spec.max_model_len == 512
     assert plan.spec.gpu_memory_utilization == 0.45
-    need = 1024 * 512 * 2 * 30 * 3 * 64 * 2  # the full batch at max_model_len
-    assert _kv_arg(plan) == 2 * need
+    # The cache is two thirds of the replica's share, once the job's working set fits there.
+    assert _kv_arg(plan) == int(0.45 * 120 * 2**30 * 2 / 3)
     assert plan.start_together and plan.concurrency == 2 * 1024 * 2
-    # Twice the batch would take more than two thirds of the share: capped there.
-    plan = plan_launch(job, str(model), "gpu", 60 * 2**30, replicas=2)
-    assert _kv_arg(plan) == int(0.45 * 60 * 2**30 * 2 / 3)
-    # A batch whose cache would not fit there: vLLM sizes it, one replica after another.
+    # 1,024 sequences of 502 tokens (11.8 GiB) do not fit two thirds of 0.45 x 30 GiB: vLLM
+    # sizes each cache, one replica after another.
     plan = plan_launch(job, str(model), "gpu", 30 * 2**30, replicas=2)
     assert _kv_arg(plan) is None and not plan.start_together and plan.replicas == 2
+    # ... but a job of 200 rows holds only 100 sequences a replica.
+    small, _ = _gpu_job(tmp_path, SMOL_SHAPE, rows=200)
+    assert plan_launch(small, str(model), "gpu", 30 * 2**30, replicas=2).start_together
     assert not plan_launch(job, str(model), "gpu", None, replicas=2).start_together
     # One server sizes its own cache.
     plan = plan_launch(job, str(model), "gpu", 120 * 2**30, replicas=1)
@@ -240,17 +263,17 @@ LLAMA_8B_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 32, "hid
                   "num_attention_heads": 32, "num_key_value_heads": 8}  # fmt: skip
 
 
-def test_replicas_by_default_for_small_models_on_a_big_gpu(tmp_path: Path) -> None:
+def test_replicas_by_default_on_a_big_gpu(tmp_path: Path) -> None:
     big = 140 * 2**30
-    # Under half a billion weights: three servers; the 1B shape: two.
-    job, model = _gpu_job(tmp_path, SMOL_SHAPE)
+    # Models up to ~1.5B weights: three servers, started together.
+    job, model = _gpu_job(tmp_path, SMOL_SHAPE, rows=20000)
     plan = plan_launch(job, str(model), "gpu", big)
     assert plan.replicas == 3 and plan.start_together
     assert plan.spec.gpu_memory_utilization == 0.3
     assert any("3 replicas" in note for note in plan.notes)
     (tmp_path / "1b").mkdir()
-    job_1b, model_1b = _gpu_job(tmp_path / "1b", LLAMA_1B_SHAPE)
-    assert plan_launch(job_1b, str(model_1b), "gpu", big).replicas == 2
+    job_1b, model_1b = _gpu_job(tmp_path / "1b", LLAMA_1B_SHAPE, rows=20000)
+    assert plan_launch(job_1b, str(model_1b), "gpu", big).replicas == 3
     # A shape whose size cannot be told gets the count for bigger models.
     (model / "config.json").write_text(json.dumps({**SMOL_SHAPE, "intermediate_size": None}))
     assert plan_launch(job, str(model), "gpu", big).replicas == 2
@@ -262,12 +285,52 @@ def test_replicas_by_default_for_small_models_on_a_big_gpu(tmp_path: Path) -> No
     # Four cores a replica: fewer cores, fewer replicas.
     assert plan_launch(job, str(model), "gpu", big, cores=8).replicas == 2
     assert plan_launch(job, str(model), "gpu", big, cores=4).replicas == 1
-    # Fewer replicas where three full batches would not fit in their shares.
-    # (11.25 GiB of KV each: more than a fifth of 48 GiB, within three tenths.)
-    assert plan_launch(job, str(model), "gpu", 48 * 2**30).replicas == 2
-    # An 8B model's full batch (64 GiB of KV at 512 tokens) does not leave room for two.
-    job, model = _gpu_job(tmp_path, LLAMA_8B_SHAPE)
+    # Fewer replicas where the job's working set (1,024 x 502 tokens, 11.8 GiB) would not fit
+    # two thirds of each share: within 0.45 x 40 GiB, not within 0.3 x 40 GiB.
+    assert plan_launch(job, str(model), "gpu", 40 * 2**30).replicas == 2
+    # An 8B model holding 1,024 sequences of 1,124 tokens (144 GiB of KV): one server.
+    (tmp_path / "8b").mkdir()
+    job, model = _gpu_job(tmp_path / "8b", LLAMA_8B_SHAPE, rows=20000, max_tokens=722)
     assert plan_launch(job, str(model), "gpu", big).replicas == 1
+
+
+def test_the_working_set_follows_the_job(tmp_path: Path) -> None:
+    """What one replica holds at once, from the sample's mean row; the worst case (every
+    sequence at max_model_len) only without one."""
+    big = 140 * 2**30
+    # Prompt-heavy (1.1k-token prompts, 8 output tokens): prefill lets in ~15 sequences a step
+    # and each lives 9 steps, ~134 at once, ~148k tokens: three replicas of the 1B shape, where
+    # 1,024 sequences at max_model_len (2,048) would have fitted none beside another.
+    job, model = _gpu_job(tmp_path, LLAMA_1B_SHAPE, rows=30000, chars=1100, max_tokens=8)
+    plan = plan_launch(job, str(model), "gpu", big)
+    assert plan.spec.max_model_len == 2048 and plan.replicas == 3 and plan.start_together
+    assert 0.45 * big * 2 / 3 < 1024 * 2048 * LLAMA_1B_KV  # the worst case would not fit
+    # Decode-heavy (3,000 rows of 1,024 output tokens): 1,000 or 1,024 sequences of ~1.1k
+    # tokens, 34 GiB: two replicas fit (42 GiB each), three (28 GiB) do not.
+    (tmp_path / "decode").mkdir()
+    job, model = _gpu_job(tmp_path / "decode", LLAMA_1B_SHAPE, rows=3000, chars=98,
+                          max_tokens=1024)  # fmt: skip
+    assert plan_launch(job, str(model), "gpu", big).replicas == 2
+    # Rows without max_tokens may each fill the context: the worst case.
+    (tmp_path / "open").mkdir()
+    job, model = _gpu_job(tmp_path / "open", LLAMA_1B_SHAPE, rows=3000, chars=98)
+    Path(job.input).write_text(json.dumps({"prompt": "x" * 98}) + "\n")
+    plan = plan_launch(make_job(job.input), str(model), "gpu", big)
+    assert plan.spec.max_model_len is None and plan.replicas == 1
+
+
+def test_measure_keeps_the_means_of_a_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sizing, "SAMPLE_ROWS", 3)
+    rows = [{"prompt": "x" * n, "max_tokens": t} for n, t in [(8, 10), (18, 20), (28, 30), (98, 9)]]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = measure_input(make_job(str(inp)), None, default_max_tokens=None)
+    assert m.sampled_rows == 3 and m.mean_row == (20.0, 20.0)  # byte bounds 10, 20, 30
+    assert (m.rows, m.max_prompt_tokens, m.max_needed_tokens) == (4, 100, 109)
+    inp.write_text(json.dumps({"prompt": "x"}) + "\n")
+    assert measure_input(make_job(str(inp)), None, default_max_tokens=None).mean_row is None
 
 
 def _save_word_tokenizer(folder: Path) -> None:
@@ -318,7 +381,8 @@ def test_a_hub_model_id_is_sized_from_its_config_and_tokenizer(
     plan = plan_launch(make_job(str(inp)), "org/model", "cpu")
     assert fetched == [("org/model", "config.json"), ("org/model", "tokenizer.json")]
     assert plan.measure.max_prompt_tokens == 4  # counted by the tokenizer, not by bytes
-    assert plan.spec.max_model_len == 64 and plan.spec.model == "org/model"
+    # The smallest bucket (512) is past the model's context: the context.
+    assert plan.spec.max_model_len == 96 and plan.spec.model == "org/model"
     inp.write_text(json.dumps({"prompt": "one two", "max_tokens": 200}) + "\n")
     assert plan_launch(make_job(str(inp)), "org/model", "cpu").spec.max_model_len == 96
 

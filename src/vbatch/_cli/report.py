@@ -31,7 +31,9 @@ def print_summary(summary: RunSummary) -> None:
         + (f", {s.clamped:,} clamped" if s.clamped else "")
         + ")"
         + (f", {s.skipped:,} already done" if s.skipped else ""),
-        f"vbatch: {s.elapsed_s:.1f}s, {s.requests_per_s:,.1f} req/s, "
+        "vbatch: "
+        + (f"{s.startup_s:.1f}s starting, then " if s.startup_s >= 0.5 else "")
+        + f"{s.elapsed_s:.1f}s, {s.requests_per_s:,.1f} req/s, "
         f"{s.completion_tokens:,} output tokens ({s.output_tokens_per_s:,.0f} tok/s), "
         f"{s.prompt_tokens:,} prompt tokens",
     ]

@@ -35,6 +35,10 @@ from .workers import WorkerPool
 __all__ = ["Dispatcher", "DispatcherSnapshot"]
 
 
+class _Interrupted(Exception):
+    """``KeyboardInterrupt`` on its way out of the fleet's start task (see ``ready``)."""
+
+
 @dataclass(frozen=True)
 class DispatcherSnapshot:
     """What progress displays and the run's summary read of a dispatcher."""
@@ -70,7 +74,9 @@ class Dispatcher:
             raise ConfigError("concurrency must be at least 1")
         self.transport = transport
         self.fleet = fleet
-        self.server = ServerInfo(transport)
+        self._starting: asyncio.Task[None] | None = None
+        known = fleet.models() if fleet is not None else None
+        self.server = ServerInfo(transport, known, self.ready)
         self.sender = Sender(transport, retry or RetryPolicy.default(), self.server, fleet)
         # adaptive: follow the server's load (its /metrics) instead of a fixed window.
         self.adaptive = adaptive
@@ -94,13 +100,31 @@ class Dispatcher:
 
     async def __aenter__(self) -> Dispatcher:
         if self.fleet is not None:
-            try:
-                await self.fleet.start()
-            except BaseException:
-                await self.fleet.stop()
-                raise
+            # In the background: a job reads and checks its input and opens its output while
+            # vLLM starts (a minute on a GPU), and sends once ``ready``.
+            self._starting = asyncio.create_task(self._start_fleet(self.fleet))
+            await asyncio.sleep(0)  # let it begin at once
         self.start()
         return self
+
+    @staticmethod
+    async def _start_fleet(fleet: Fleet) -> None:
+        try:
+            await fleet.start()
+        except KeyboardInterrupt:
+            # A task must not raise it (asyncio re-raises it out of the loop at once): it is
+            # carried to whoever awaits ``ready`` and raised there.
+            raise _Interrupted from None
+
+    async def ready(self) -> None:
+        """Return once the fleet takes requests; raise why it could not start (a
+        ``LaunchError``; ``KeyboardInterrupt`` when stopped while starting)."""
+        if self._starting is None:
+            return
+        try:
+            await asyncio.shield(self._starting)
+        except _Interrupted:
+            raise KeyboardInterrupt from None
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -111,6 +135,13 @@ class Dispatcher:
             self.monitor.start()
 
     async def aclose(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            # Ended, not awaited: why it failed was raised by ``ready`` already, if anyone asked.
+            starting.cancel()
+            await asyncio.wait([starting])
+            if not starting.cancelled():
+                starting.exception()
         await self.monitor.aclose()
         await self.pool.aclose()
         await self.transport.aclose()
@@ -163,8 +194,11 @@ class Dispatcher:
         finished but waiting for an older one; beyond that, sending pauses.
         """
         self.start()
+        await self.ready()
+        stats = stats or Stats()
+        stats.begin_sending()
         window = reorder_window or 4 * self.concurrency
-        job = JobStream(stats or Stats(), ordered, window, on_overflow)
+        job = JobStream(stats, ordered, window, on_overflow)
         feeder = asyncio.create_task(job.feed(requests, self.pool.queue.put))
         finished = False
         try:
@@ -203,4 +237,5 @@ class Dispatcher:
         on_overflow: OverflowPolicy = "error",
     ) -> Result:
         """Send one request with retries; always returns a ``Result`` (errors become records)."""
+        await self.ready()
         return await self.sender.send(request, stats, on_overflow)

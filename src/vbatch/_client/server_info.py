@@ -1,8 +1,12 @@
 """What the server serves, asked once: ``GET /v1/models`` gives the model names and, from vLLM,
 each one's ``max_model_len``. The job uses it to default the model and to notice replies the
-server shortened to fit; overflow handling uses it to know the room left."""
+server shortened to fit; overflow handling uses it to know the room left. A fleet that started
+the servers knows the answer before they are up (``known``); otherwise the question waits for
+``ready``."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 
@@ -14,9 +18,15 @@ __all__ = ["ServerInfo"]
 
 
 class ServerInfo:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        known: Mapping[str, int | None] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._transport = transport
-        self._served: dict[str, int | None] | None = None
+        self._ready = ready
+        self._served: dict[str, int | None] | None = None if known is None else dict(known)
         # The context size of the model being sent to, once known; lets a reply that the server
         # shortened to fit be marked as clamped.
         self.max_model_len: int | None = None
@@ -25,6 +35,8 @@ class ServerInfo:
         """Model name -> its max_model_len (None where not told), in the server's order. Asked
         once; ``TransportError`` when the list cannot be had (then asked again next time)."""
         if self._served is None:
+            if self._ready is not None:
+                await self._ready()
             response = await self._transport.request("GET", API_PREFIX + "/models")
             try:
                 models = orjson.loads(response.content)["data"]

@@ -26,6 +26,9 @@ class Stats:
     requeued: int = 0  # sends that a dying server lost, sent again without charging the row
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    created_at: float = field(default_factory=time.monotonic)
+    # When sending began: the run's clock (rates, ETA). Before it, a job checks its input while
+    # the fleet starts.
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
     # Server-side view, filled by whatever polls the server's /metrics (None when unknown).
@@ -41,6 +44,15 @@ class Stats:
     window_history: list[tuple[float, int, float]] | None = None
     cpu_start_s: float = field(default_factory=time.process_time)
     cpu_end_s: float | None = None
+
+    def begin_sending(self) -> None:
+        self.started_at = time.monotonic()
+
+    @property
+    def startup_s(self) -> float:
+        """From the job's start to its first send: the servers' start, where it outlasted the
+        input's checks."""
+        return self.started_at - self.created_at
 
     def record(self, result: Result) -> None:
         """Count one finished row."""
@@ -100,6 +112,7 @@ class Stats:
             "clamped": self.clamped,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "startup_s": round(self.startup_s, 3),
             "wall_s": round(self.elapsed_s, 3),
             "requests_per_s": round(self.requests_per_s, 2),
             "output_tokens_per_s": round(self.output_tokens_per_s, 1),

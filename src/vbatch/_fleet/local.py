@@ -12,7 +12,7 @@ lines.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from .._config import HEALTH_INTERVAL_S, MAX_RESTARTS
@@ -92,6 +92,11 @@ class LocalFleet:
 
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints
+
+    def models(self) -> Mapping[str, int | None] | None:
+        # Without a planned context size the model's own applies, which only the server knows.
+        context = self.plan.spec.max_model_len
+        return None if context is None else {self.plan.served_model: context}
 
     async def suspect(self, url: str) -> bool:
         replica = next((r for r in self.replicas if r.url == url), None)

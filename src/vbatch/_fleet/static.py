@@ -58,6 +58,9 @@ class StaticFleet:
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints
 
+    def models(self) -> None:
+        return None  # servers someone else runs: ask them
+
     async def suspect(self, url: str) -> bool:
         self._watch()
         ok = await self.roster.probe_once(url, self._probe)
