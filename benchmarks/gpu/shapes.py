@@ -1,10 +1,12 @@
 """Four job shapes for whole-command benchmarks (issue 12), the same rows for vbatch and offline.
 
-  decode   3,000 rows, ~100-token prompts, 1,024 output tokens: the GPU's decode work
-  prefix   20,000 rows, ~1.1k-token prompts of which ~1k tokens are one shared few-shot block,
+  decode   2,000 rows, ~90-token prompts, 1,024 output tokens: the GPU's decode work
+  prefix   16,000 rows, ~1k-token prompts of which ~950 tokens are one shared few-shot block,
            8 output tokens: prefill and the engine loop, with prefix caching to gain
-  chat     20,000 multi-turn chats (2-4 user turns, ~300 tokens), 64 output tokens
-  short    50,000 rows, ~50-token prompts, 16 output tokens: labelling, the engine loop
+  chat     16,000 multi-turn chats (2-4 user turns, ~250 tokens of text), 64 output tokens
+  short    40,000 rows, ~50-token prompts, 16 output tokens: labelling, the engine loop
+
+Sized so that each side of a shape runs one to three minutes on an H200 with the ~1B shape.
 
 Word counts are chosen for the SmolLM2/Llama BPE of benchmarks/gpu's model shapes (~1.3 tokens a
 word); the runs report the tokens the server counted. Deterministic (a fixed seed), so two runs
@@ -49,10 +51,10 @@ class Shape:
 
 
 SHAPES = {
-    "decode": Shape(3000, 1024, (60, 90)),
-    "prefix": Shape(20000, 8, (50, 80), prefix_words=780),
-    "chat": Shape(20000, 64, (40, 80), chat=True),
-    "short": Shape(50000, 16, (25, 50)),
+    "decode": Shape(2000, 1024, (60, 90)),
+    "prefix": Shape(16000, 8, (50, 80), prefix_words=780),
+    "chat": Shape(16000, 64, (40, 80), chat=True),
+    "short": Shape(40000, 16, (25, 50)),
 }
 
 

@@ -16,6 +16,10 @@
 #   launch-before    launch, with vbatch from .gpu/before_src (another tree's src/, carried
 #                    along): a before/after pair; both report first_result_s and total_wall_s
 #   launch16 launch16-rN   the same two with max_tokens 16
+#   cut-N            from here on, vbatch/vbatch-wN steps send the first N prompts only
+#   off-SHAPE        offline LLM(model) with vLLM's defaults on a job shape (shapes.py: decode,
+#                    prefix, chat, short), the whole command timed
+#   vb-SHAPE         vbatch run --model ... on that shape (vbatch's own plan), the whole command
 set -u
 # Stopped early (TERM/INT): take the running step's client down with the script (and so the
 # vLLM servers vbatch started, which die with it), or it runs on into the next command.
@@ -27,6 +31,7 @@ ENGINE='{"max_num_seqs":1024,"max_num_batched_tokens":8192,"max_model_len":2048,
 # What vbatch's launcher passes for this input (max_model_len from the data: 371 + 128 -> 512).
 VB_ENGINE='{"max_num_seqs":1024,"max_num_batched_tokens":16384,"max_model_len":512,"max_cudagraph_capture_size":1024}'
 [ -f /root/bench/prompts.jsonl ] || $B prompts
+VB_INPUT=/root/bench/prompts.jsonl
 for step in "$@"; do
   echo "== $step at ${SECONDS}s"
   case $step in
@@ -34,8 +39,11 @@ for step in "$@"; do
     offline-vb) $B offline --case offline_vbatch_engine --engine "$VB_ENGINE" > /root/logs/offline_vb_$label.log 2>&1 || tail -40 /root/logs/offline_vb_$label.log;;
     server) $B server --engine "$ENGINE" --log /root/logs/server_$label.log || tail -40 /root/logs/server_$label.log;;
     seed) $B seed --case seed_sem500;;
-    vbatch) $B vbatch --case vbatch_server_default;;
-    vbatch-w*) $B vbatch --case vbatch_server_window${step#vbatch-w} --vbatch-args="--concurrency ${step#vbatch-w}";;
+    vbatch) $B vbatch --case vbatch_server_default --input $VB_INPUT;;
+    vbatch-w*) $B vbatch --case vbatch_server_window${step#vbatch-w} --input $VB_INPUT --vbatch-args="--concurrency ${step#vbatch-w}";;
+    cut-*) VB_INPUT=/root/bench/prompts_${step#cut-}.jsonl; head -n ${step#cut-} /root/bench/prompts.jsonl > $VB_INPUT;;
+    off-*) timeout 590 $B offline --shape ${step#off-} --case offline_${step#off-} > /root/logs/offline_${step#off-}.log 2>&1 || tail -40 /root/logs/offline_${step#off-}.log;;
+    vb-*) timeout 590 $B vbatch-launch --shape ${step#vb-} --case vbatch_${step#vb-};;
     seed16) $B seed --case seed_sem500 --max-tokens 16;;
     vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
     stop) bash .gpu/gpu/baseline/stop_server.sh;;
