@@ -20,6 +20,7 @@
 #   off-SHAPE        offline LLM(model) with vLLM's defaults on a job shape (shapes.py: decode,
 #                    prefix, chat, short), the whole command timed
 #   vb-SHAPE         vbatch run --model ... on that shape (vbatch's own plan), the whole command
+#   vbapi2-SHAPE     the same with two API server processes a replica (--api-server-count 2)
 set -u
 # Stopped early (TERM/INT): take the running step's client down with the script (and so the
 # vLLM servers vbatch started, which die with it), or it runs on into the next command.
@@ -44,6 +45,7 @@ for step in "$@"; do
     cut-*) VB_INPUT=/root/bench/prompts_${step#cut-}.jsonl; head -n ${step#cut-} /root/bench/prompts.jsonl > $VB_INPUT;;
     off-*) timeout 590 $B offline --shape ${step#off-} --case offline_${step#off-} > /root/logs/offline_${step#off-}.log 2>&1 || tail -40 /root/logs/offline_${step#off-}.log;;
     vb-*) timeout 590 $B vbatch-launch --shape ${step#vb-} --case vbatch_${step#vb-};;
+    vbapi2-*) timeout 590 $B vbatch-launch --shape ${step#vbapi2-} --case vbatch_${step#vbapi2-}_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
     seed16) $B seed --case seed_sem500 --max-tokens 16;;
     vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
     stop) bash .gpu/gpu/baseline/stop_server.sh;;
