@@ -27,7 +27,7 @@ from ._config import (
     ClientOptions,
     LaunchOptions,
 )
-from ._engine.plan import LaunchPlan, plan_server
+from ._engine.plan import LaunchPlan, plan_first_rows, replan
 from ._engine.server import VllmServer
 from ._errors import ConfigError
 from ._fleet.base import Fleet, base_urls
@@ -132,13 +132,18 @@ async def _session(
             raise ConfigError(f"{', '.join(launch.given())}: only for a server vbatch starts")
         fleet = StaticFleet(base_urls(base_url), client.down_timeout_s)
     else:
-        plan = await asyncio.to_thread(plan_server, job.defaults.model, preview_requests(job),
-                                       launch, job.defaults.max_tokens)  # fmt: skip
+        max_tokens = job.defaults.max_tokens
+        plan = await asyncio.to_thread(plan_first_rows, job.defaults.model,
+                                       preview_requests(job), launch, max_tokens)  # fmt: skip
         job = dataclasses.replace(
             job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
         )
-        per_member = plan.concurrency // plan.replicas
-        fleet = LocalFleet(plan, on_launch, stop, launch.max_restarts)
+        per_member = plan.concurrency // plan.replicas  # the same in a plan for all the rows
+
+        async def settle() -> LaunchPlan | None:  # the rest of the rows, while vLLM starts
+            return await asyncio.to_thread(replan, plan, preview_requests(job), launch, max_tokens)
+
+        fleet = LocalFleet(plan, on_launch, stop, launch.max_restarts, settle=settle)
     # The dispatcher starts the fleet (for vLLM it launches: requests flow once the first
     # replica is healthy) and stops it at the end.
     async with _dispatcher(fleet, client, window_per_member=per_member) as disp:

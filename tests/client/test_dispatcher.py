@@ -161,7 +161,7 @@ class _Fleet:
     async def wait_up(self) -> None:
         pass
 
-    def models(self) -> None:
+    async def models(self) -> None:
         return None
 
     def status(self) -> object:

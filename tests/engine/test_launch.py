@@ -17,7 +17,7 @@ from vbatch._config import LaunchOptions
 from vbatch._engine import sizing
 from vbatch._engine.machine import Machine, detect_backend
 from vbatch._engine.model import approx_params, kv_bytes_per_token
-from vbatch._engine.plan import LaunchPlan, plan_server
+from vbatch._engine.plan import LaunchPlan, plan_first_rows, plan_server, replan
 from vbatch._engine.server import ServerSpec, VllmServer
 from vbatch._engine.sizing import CHAT_OVERHEAD_TOKENS, CHAT_TOKENS_PER_MESSAGE, measure_requests
 from vbatch._job import preview_requests
@@ -331,6 +331,37 @@ def test_measure_keeps_the_means_of_a_sample(
     assert (m.rows, m.max_prompt_tokens, m.max_needed_tokens) == (4, 100, 109)
     inp.write_text(json.dumps({"prompt": "x"}) + "\n")
     assert measure_input(make_job(str(inp)), None, default_max_tokens=None).mean_row is None
+
+
+def test_vllm_starts_on_the_first_rows_plan_and_the_rest_may_change_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sizing, "SAMPLE_ROWS", 10)
+    model = _model_dir(tmp_path)
+    machine = Machine("gpu", cores=16, gpu_memory_bytes=120 * 2**30)
+    monkeypatch.setattr(Machine, "detect", classmethod(lambda cls: machine))
+    inp = tmp_path / "in.jsonl"
+    short = json.dumps({"prompt": "x" * 100, "max_tokens": 50}) + "\n"  # 152 tokens
+
+    def plans(text: str) -> tuple[LaunchPlan, LaunchPlan | None]:
+        inp.write_text(text)
+        job = make_job(str(inp))
+        first = plan_first_rows(str(model), preview_requests(job), LaunchOptions())
+        return first, replan(first, preview_requests(job), LaunchOptions())
+
+    # Ten rows or fewer: the first rows are all of them, nothing to read later.
+    first, later = plans(short * 10)
+    assert first.measure.complete and first.spec.max_model_len == 512 and later is None
+    # More rows, all within the first plan's context bucket: it stands.
+    first, later = plans(short * 30 + json.dumps({"prompt": "x" * 300, "max_tokens": 50}) + "\n")
+    assert not first.measure.complete and first.measure.rows == 10 and later is None
+    # A later row that needs a bigger bucket: the plan for all the rows.
+    first, later = plans(short * 30 + json.dumps({"prompt": "x" * 900, "max_tokens": 50}) + "\n")
+    assert first.spec.max_model_len == 512
+    assert later is not None and later.spec.max_model_len == 1024 and later.measure.rows == 31
+    # ... or sets no max_tokens: the model's own context.
+    first, later = plans(short * 30 + json.dumps({"prompt": "x"}) + "\n")
+    assert later is not None and later.spec.max_model_len is None
 
 
 def _save_word_tokenizer(folder: Path) -> None:

@@ -95,7 +95,7 @@ class StartingFleet(MovingFleet):
             await asyncio.sleep(0.02)
         self.output_before_up = self.output.exists()
 
-    def models(self) -> dict[str, int | None]:
+    async def models(self) -> dict[str, int | None]:
         return {"smol": 2048}  # it started them: it knows
 
     async def wait_up(self) -> None:
@@ -172,6 +172,29 @@ async def test_a_local_fleet_is_up_with_its_first_replica_and_stops_them_all() -
         await fleet.stop()
     assert fleet.endpoints() == ()
     await _until(lambda: not any(psutil.pid_exists(p) for p in pids))
+
+
+async def test_a_plan_the_rest_of_the_data_changes_restarts_the_servers_before_any_send() -> None:
+    first = _fake_plan(1)
+    final = LaunchPlan(FakeSpec(model="ok", max_model_len=1024), "m", 8, InputMeasure(),
+                       replicas=2, start_together=True)  # fmt: skip
+    started: list[int] = []
+
+    async def settle() -> LaunchPlan:
+        server = fleet.servers[0]  # the first plan's server, starting meanwhile
+        assert server.proc is not None
+        started.append(server.proc.pid)
+        return final
+
+    fleet = LocalFleet(first, interval_s=0.1, settle=settle)
+    await fleet.start()
+    try:
+        assert fleet.plan is final and len(fleet.replicas) == 2
+        assert await fleet.models() == {"m": 1024}
+        await _until(lambda: len(fleet.endpoints()) == 2)
+        await _until(lambda: not psutil.pid_exists(started[0]))  # the first plan's: stopped
+    finally:
+        await fleet.stop()
 
 
 async def test_a_dead_replica_is_taken_out_restarted_and_let_back_in() -> None:

@@ -75,8 +75,7 @@ class Dispatcher:
         self.transport = transport
         self.fleet = fleet
         self._starting: asyncio.Task[None] | None = None
-        known = fleet.models() if fleet is not None else None
-        self.server = ServerInfo(transport, known, self.ready)
+        self.server = ServerInfo(transport, fleet.models if fleet else None, self.ready)
         self.sender = Sender(transport, retry or RetryPolicy.default(), self.server, fleet)
         # adaptive: follow the server's load (its /metrics) instead of a fixed window.
         self.adaptive = adaptive

@@ -21,12 +21,13 @@ class ServerInfo:
     def __init__(
         self,
         transport: Transport,
-        known: Mapping[str, int | None] | None = None,
+        known: Callable[[], Awaitable[Mapping[str, int | None] | None]] | None = None,
         ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._transport = transport
+        self._known = known
         self._ready = ready
-        self._served: dict[str, int | None] | None = None if known is None else dict(known)
+        self._served: dict[str, int | None] | None = None
         # The context size of the model being sent to, once known; lets a reply that the server
         # shortened to fit be marked as clamped.
         self.max_model_len: int | None = None
@@ -34,6 +35,10 @@ class ServerInfo:
     async def served(self) -> dict[str, int | None]:
         """Model name -> its max_model_len (None where not told), in the server's order. Asked
         once; ``TransportError`` when the list cannot be had (then asked again next time)."""
+        if self._served is None and self._known is not None:
+            known = await self._known()
+            if known is not None:
+                self._served = dict(known)
         if self._served is None:
             if self._ready is not None:
                 await self._ready()

@@ -14,12 +14,13 @@ from typing import Any
 
 from .._config import LaunchOptions
 from .._models import PreparedRequest
+from . import sizing
 from .machine import Machine
 from .model import ModelFiles, approx_params, kv_bytes_per_token, resolve_model
 from .server import ServerSpec
 from .sizing import InputMeasure, measure_requests
 
-__all__ = ["LaunchPlan", "plan_launch", "plan_server"]
+__all__ = ["LaunchPlan", "plan_first_rows", "plan_launch", "plan_server", "replan"]
 
 # vLLM's own max_num_seqs defaults (0.32 on CPU; 0.26 on an H100), for the default window of
 # twice that: every finished sequence finds the next request already waiting in the server.
@@ -54,6 +55,9 @@ class LaunchPlan:
     # vLLM sizes its cache from the GPU memory it finds free, which a neighbour starting beside
     # it would take from under it.
     start_together: bool = False
+    # The facts it was made from, for ``replan``.
+    files: ModelFiles | None = None
+    machine: Machine | None = None
 
 
 def _replica_kv_tokens(
@@ -61,7 +65,8 @@ def _replica_kv_tokens(
 ) -> int | None:
     """KV cache tokens one of ``replicas`` servers holds at once for this job.
 
-    A replica runs at most ``seqs`` sequences, no more than its share of the rows, and no more
+    A replica runs at most ``seqs`` sequences, no more than its share of the rows (when all
+    were counted), and no more
     than prefill lets in: about ``max_num_batched_tokens / prompt`` new sequences a step, each
     living ``output + 1`` steps (a job of 1.1k-token prompts and 8 output tokens ran 20-46 at a
     time on an H200, not 1,024: docs/benchmarks.md). Each holds the sample's mean prompt and
@@ -76,7 +81,8 @@ def _replica_kv_tokens(
         return seqs * max_model_len
     prompt, output = mean
     admitted = GPU_MAX_NUM_BATCHED_TOKENS / max(prompt, 1.0) * (output + 1)
-    running = min(seqs, -(-measure.rows // replicas), max(1, int(admitted)))
+    share = -(-measure.rows // replicas) if measure.complete else seqs
+    running = min(seqs, share, max(1, int(admitted)))
     return max(max_model_len, int(running * (prompt + output)))
 
 
@@ -228,7 +234,8 @@ def plan_launch(
         startup_timeout_s=options.startup_timeout_s,
     )
     window = 2 * seqs * replicas
-    return LaunchPlan(spec, model.served, window, measure, replicas, notes, start_together)
+    return LaunchPlan(spec, model.served, window, measure, replicas, notes, start_together,
+                      model, machine)  # fmt: skip
 
 
 def plan_server(
@@ -237,12 +244,41 @@ def plan_server(
     options: LaunchOptions,
     default_max_tokens: int | None = None,
     machine: Machine | None = None,
+    limit: int | None = None,
 ) -> LaunchPlan:
     """Gather the facts and plan: resolve ``model`` (None: the embedded default), measure
-    ``requests`` (None: nothing to size for) with its tokenizer, detect the machine."""
+    ``requests`` (None: nothing to size for; only the first ``limit`` with a limit) with its
+    tokenizer, detect the machine."""
     machine = machine or Machine.detect()
     files = resolve_model(model)
     measure = None
     if requests is not None:
-        measure = measure_requests(requests, files.folder, default_max_tokens)
+        measure = measure_requests(requests, files.folder, default_max_tokens, limit)
     return plan_launch(files, measure, options, machine)
+
+
+def plan_first_rows(
+    model: str | None,
+    requests: Iterable[PreparedRequest],
+    options: LaunchOptions,
+    default_max_tokens: int | None = None,
+) -> LaunchPlan:
+    """The plan from the data's first ``SAMPLE_ROWS`` rows: enough to start vLLM on, while
+    ``replan`` reads the rest."""
+    return plan_server(model, requests, options, default_max_tokens, limit=sizing.SAMPLE_ROWS)
+
+
+def replan(
+    plan: LaunchPlan,
+    requests: Iterable[PreparedRequest],
+    options: LaunchOptions,
+    default_max_tokens: int | None = None,
+) -> LaunchPlan | None:
+    """The plan for all of the data where ``plan``, made from its first rows, does not hold it
+    (a later row needs a bigger context bucket, or sets no ``max_tokens``); None where it does.
+    Its other choices stand: the first rows are the sample they were made from."""
+    if plan.measure.complete or plan.files is None or plan.machine is None:
+        return None
+    measure = measure_requests(requests, plan.files.folder, default_max_tokens)
+    full = plan_launch(plan.files, measure, options, plan.machine)
+    return None if full.spec.max_model_len == plan.spec.max_model_len else full

@@ -8,7 +8,10 @@ length cannot beat the longest found so far (a byte-level BPE token is at least 
 rows add a bound for the chat template's tokens.
 
 The launch plan also wants what a typical row holds (how many sequences fit a KV cache), so the
-first ``SAMPLE_ROWS`` rows are all counted and their means kept.
+first ``SAMPLE_ROWS`` rows are all counted and their means kept. The launcher plans from those
+first rows alone (``limit``) and starts vLLM, then measures the rest while vLLM starts: English
+text has ~5 bytes a token, so long prompts are rarely skipped by the byte bound and a full count
+of 16,000 1k-token prompts took 8.8 s on two cores.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SAMPLE_ROWS = 2048
 @dataclass
 class InputMeasure:
     rows: int = 0
+    complete: bool = True  # False: measured only the first ``rows`` (there are more)
     max_prompt_tokens: int = 0
     max_needed_tokens: int = 0  # prompt + max_tokens, over rows (0: some row has no max_tokens)
     unbounded_rows: int = 0  # rows with no max_tokens at all
@@ -85,9 +89,13 @@ def _text_of(body: dict[str, Any], chat: bool) -> tuple[str | list[int], int]:
 
 
 def measure_requests(
-    requests: Iterable[PreparedRequest], model_dir: Path | None, default_max_tokens: int | None
+    requests: Iterable[PreparedRequest],
+    model_dir: Path | None,
+    default_max_tokens: int | None,
+    limit: int | None = None,
 ) -> InputMeasure:
-    """One streaming pass: the longest prompt in tokens and the most any row needs in total."""
+    """One streaming pass: the longest prompt in tokens and the most any row needs in total
+    (over the first ``limit`` rows only, when given)."""
     count = _load_tokenizer(model_dir)
     m = InputMeasure()
     # Rows to count: (text, overhead, max_tokens, in the sample).
@@ -113,6 +121,9 @@ def measure_requests(
         batch.clear()
 
     for request in requests:
+        if limit is not None and m.rows >= limit:
+            m.complete = False
+            break
         body = request.body
         m.rows += 1
         text, overhead = _text_of(body, request.endpoint == CHAT)

@@ -53,10 +53,10 @@ class Fleet(Protocol):
         """Return once a member is up; ``FleetError`` when none will be."""
         ...
 
-    def models(self) -> Mapping[str, int | None] | None:
+    async def models(self) -> Mapping[str, int | None] | None:
         """What the members will serve (model name -> its ``max_model_len``) when the fleet
-        knows it before they are up, because it started them; None: ask them. Knowing it lets
-        a job validate its input while the servers start."""
+        knows it before they are up, because it starts them (as soon as its plan is final);
+        None: ask them. Knowing it lets a job check its input while the servers start."""
         ...
 
     def status(self) -> FleetStatus: ...

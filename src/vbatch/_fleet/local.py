@@ -7,6 +7,10 @@ replica is watched (replica.py): a server that exits, or whose process lives but
 process group) and started again on the same port. A replica may be restarted ``max_restarts``
 times within ``RESTART_WINDOW_S``; one more death fails the fleet with that server's last log
 lines.
+
+The plan may be made from the data's first rows only (engine/plan.py): ``settle`` then reads the
+rest while the first servers start, and a row that needs a bigger context has them stopped and
+started again from the plan for all of the data, before any request is sent.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from .roster import Prober, Roster
 __all__ = ["LocalFleet"]
 
 
+Settle = Callable[[], Awaitable[LaunchPlan | None]]
+
+
 class LocalFleet:
     def __init__(
         self,
@@ -35,20 +42,30 @@ class LocalFleet:
         max_restarts: int = MAX_RESTARTS,
         interval_s: float = HEALTH_INTERVAL_S,
         probe: Callable[[str], Awaitable[bool]] | None = None,
+        settle: Settle | None = None,
     ) -> None:
         """``on_launch`` is told once the first servers' processes are started (the CLI prints
         where their log is); setting ``stop`` while the first starts ends start-up with
-        ``KeyboardInterrupt``."""
-        self.plan = plan
+        ``KeyboardInterrupt``. ``settle`` gives the plan to start again from, if the rest of
+        the data needs one (see the module's docstring)."""
         self._prober = Prober()
-        slots = plan.replicas if plan.start_together else 1
-        self.shared = Supervision(Roster(), probe or self._prober, asyncio.Semaphore(slots),
-                                  interval_s, max_restarts)  # fmt: skip
-        self.roster = self.shared.roster
-        self.replicas = [Replica(VllmServer(plan.spec), self.shared) for _ in range(plan.replicas)]
+        self._probe = probe or self._prober
+        self._interval_s = interval_s
+        self._max_restarts = max_restarts
+        self._build(plan)
         self._on_launch = on_launch
         self._stop = stop
+        self._settle = settle
+        self._settled = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
+
+    def _build(self, plan: LaunchPlan) -> None:
+        self.plan = plan
+        slots = plan.replicas if plan.start_together else 1
+        self.shared = Supervision(Roster(), self._probe, asyncio.Semaphore(slots),
+                                  self._interval_s, self._max_restarts)  # fmt: skip
+        self.roster = self.shared.roster
+        self.replicas = [Replica(VllmServer(plan.spec), self.shared) for _ in range(plan.replicas)]
 
     def __repr__(self) -> str:
         return f"LocalFleet({self.plan.served_model!r}, replicas={len(self.replicas)})"
@@ -57,9 +74,7 @@ class LocalFleet:
     def servers(self) -> list[VllmServer]:
         return [r.server for r in self.replicas]
 
-    async def start(self) -> None:
-        """Start the replicas; return once the first is healthy. A replica that fails before
-        then fails the start (``LaunchError``, with its log)."""
+    async def _launch_first(self) -> list[Replica]:
         for replica in self.replicas:  # ports first: members are known by URL from the start
             if replica.server.port == 0:
                 replica.server.port = free_port(replica.server.spec.host)
@@ -68,6 +83,22 @@ class LocalFleet:
         for replica in first:
             await self.shared.start_slot.acquire()
             await replica.launch()
+        return first
+
+    async def start(self) -> None:
+        """Start the replicas; return once the first is healthy. A replica that fails before
+        then fails the start (``LaunchError``, with its log)."""
+        try:
+            first = await self._launch_first()
+            if self._settle is not None and (plan := await self._settle()) is not None:
+                await self._stop_servers()
+                self._build(plan)
+                first = await self._launch_first()
+        except BaseException:
+            await self.stop()
+            raise
+        finally:
+            self._settled.set()
         if self._on_launch is not None:
             self._on_launch(self.plan, self.servers)
         self._watchers = [asyncio.create_task(r.watch(r in first)) for r in self.replicas]
@@ -93,7 +124,8 @@ class LocalFleet:
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints
 
-    def models(self) -> Mapping[str, int | None] | None:
+    async def models(self) -> Mapping[str, int | None] | None:
+        await self._settled.wait()  # the plan is final: the context size known
         # Without a planned context size the model's own applies, which only the server knows.
         context = self.plan.spec.max_model_len
         return None if context is None else {self.plan.served_model: context}
@@ -118,7 +150,10 @@ class LocalFleet:
     async def stop(self) -> None:
         await cancel_and_wait(*self._watchers)
         self._watchers = []
+        await self._stop_servers()
+        await self._prober.aclose()
+
+    async def _stop_servers(self) -> None:
         for replica in self.replicas:
             self.roster.mark(replica.url, False)
-            await asyncio.to_thread(replica.server.stop)
-        await self._prober.aclose()
+        await asyncio.gather(*(asyncio.to_thread(r.server.stop) for r in self.replicas))

@@ -58,7 +58,7 @@ class StaticFleet:
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints
 
-    def models(self) -> None:
+    async def models(self) -> None:
         return None  # servers someone else runs: ask them
 
     async def suspect(self, url: str) -> bool:
