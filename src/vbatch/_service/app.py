@@ -62,6 +62,19 @@ class BatchCreate(BaseModel):
     output_expires_after: dict[str, Any] | None = None
 
 
+def _owner(request: Request) -> str:
+    """The owner of the request's bearer key; 401 for a missing or wrong one."""
+    service: Service = request.app.state.service
+    found = service.keys.owner(request.headers.get("authorization"))
+    if found is None:
+        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return found
+
+
+# Declared here, not inside create_app: FastAPI resolves the routes' annotations by name.
+Owner = Annotated[str, Depends(_owner)]
+
+
 def window_seconds(window: str) -> int:
     """ "24h" (OpenAI's only window), or a shorter one such as "90s" or "30m"."""
     match = _WINDOW.match(window)
@@ -73,6 +86,7 @@ def window_seconds(window: str) -> int:
 
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="vbatch Batch API", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
     store, files, runner = service.store, service.files, service.runner
 
     @app.exception_handler(APIError)
@@ -86,15 +100,6 @@ def create_app(service: Service) -> FastAPI:
         message = str(first.get("msg", "invalid request"))
         body = error_body(message, "invalid_request_error", param)
         return JSONResponse(body, status_code=400)
-
-    def owner(request: Request) -> str:
-        found = service.keys.owner(request.headers.get("authorization"))
-        if found is None:
-            raise APIError(401, "Incorrect API key provided.", "invalid_request_error",
-                           code="invalid_api_key")  # fmt: skip
-        return found
-
-    Owner = Annotated[str, Depends(owner)]
 
     def own_file(who: str, file_id: str) -> FileRow:
         row = store.file(who, file_id) if is_id(file_id, "file") else None
