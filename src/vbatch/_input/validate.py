@@ -56,13 +56,16 @@ def validate_input(
             errors.append(exc)
             if len(errors) >= max_errors:
                 break
-    if errors:
-        return InputIndex(len(ids), bool(builder.batch_lines), ids.to_numpy())
-    if len(ids) == 0:
-        raise InputError(source.path, None, "the input has no rows")
-    duplicates = ids.duplicates()
-    if duplicates:
-        _report_duplicate(source, builder, duplicates)
+    try:
+        if len(ids) == 0 and not errors:
+            raise InputError(source.path, None, "the input has no rows")
+        duplicates = ids.duplicates()
+        if duplicates:
+            _report_duplicate(source, builder, duplicates)
+    except InputError as exc:
+        if errors is None:
+            raise
+        errors.append(exc)
     return InputIndex(len(ids), bool(builder.batch_lines), ids.to_numpy())
 
 
@@ -70,7 +73,10 @@ def _report_duplicate(source: Source, builder: RequestBuilder, digests: set[int]
     """Second pass, only when the digests collide: find the real duplicate and cite both lines."""
     first_seen: dict[str, int] = {}
     for row in source.rows():
-        request = builder.build(row)
+        try:
+            request = builder.build(row)
+        except InputError:
+            continue  # already reported (errors collected): not a duplicate
         if id_digest(request.id) not in digests:
             continue
         key = str(request.id)

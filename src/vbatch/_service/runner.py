@@ -47,9 +47,12 @@ def priority_weight(metadata: dict[str, Any] | None) -> float:
     value = (metadata or {}).get("priority")
     if value is None:
         return 1.0
-    weight = float(value)  # ValueError: the route says what is wrong
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = 0.0
     if not 0.1 <= weight <= 100:
-        raise ValueError("metadata['priority'] must be a number from 0.1 to 100")
+        raise ValueError(f"metadata['priority'] must be a number from 0.1 to 100; got {value!r}")
     return weight
 
 
