@@ -28,7 +28,7 @@ async def test_equal_lanes_alternate_and_a_late_lane_gets_its_turn_at_once() -> 
 async def test_weights_share_in_proportion_evenly_spread() -> None:
     queue: FairQueue[str] = FairQueue(lane_size=100)
     heavy, light = queue.lane(weight=3), queue.lane(weight=1)
-    for i in range(12):
+    for _ in range(12):
         await heavy.put("h")
         await light.put("l")
     taken = await _drain(queue, 8)

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from service.apiproc import ApiProcess
 from helpers import ServerProcess
 
+from service.apiproc import ApiProcess
 
 StartApi = Callable[..., ApiProcess]
 

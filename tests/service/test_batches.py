@@ -11,6 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 from helpers import ServerProcess
+
 from service.apiproc import (
     KEYS,
     batch_lines,
@@ -46,8 +47,8 @@ def test_a_batch_completes_with_outputs_and_errors_apart(
     assert sorted(o["custom_id"] for o in outputs) == sorted(f"r{i}" for i in range(20)
                                                               if i not in (3, 7))  # fmt: skip
     assert all(o["response"]["status_code"] == 200 and o["error"] is None for o in outputs)
-    assert {e["custom_id"]: e["response"]["status_code"] for e in errors} == {"r3": 400,
-                                                                              "r7": 404}  # fmt: skip
+    statuses = {e["custom_id"]: e["response"]["status_code"] for e in errors}
+    assert statuses == {"r3": 400, "r7": 404}
     usage = batch.usage
     assert usage is not None and usage.output_tokens == 18 * 4
     assert usage.input_tokens == sum(o["response"]["body"]["usage"]["prompt_tokens"]
@@ -105,8 +106,7 @@ def test_bad_requests_are_refused_at_create(start_api: StartApi, tmp_path: Path)
         client.batches.create(input_file_id=file_id, endpoint="/v1/moderations",
                               completion_window="24h")  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="completion_window"):
-        client.batches.create(input_file_id=file_id, endpoint=CHAT,
-                              completion_window="soon")  # type: ignore[arg-type]
+        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="soon")  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="priority"):
         client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h",
                               metadata={"priority": "lots"})  # fmt: skip
@@ -151,8 +151,7 @@ def test_expiry_writes_batch_expired_lines_for_the_rest(
     client = start_api("--concurrency", "2").client()
     file_id = upload(client, write_lines(tmp_path / "in.jsonl", batch_lines(300)))
     # A short window (the service takes "90s", "2m", ...; OpenAI only "24h").
-    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT,
-                                  completion_window="2s")  # type: ignore[arg-type]
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="2s")  # type: ignore[arg-type]
     batch = wait_done(client, batch.id)
     assert batch.status == "expired" and batch.expired_at is not None
     outputs = content_lines(client, batch.output_file_id)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from helpers import ServerProcess
+
 from service.apiproc import batch_lines, upload, wait_done, write_lines
 from service.conftest import StartApi
 

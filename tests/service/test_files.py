@@ -7,6 +7,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from service.apiproc import KEYS, batch_lines, write_lines
 from service.conftest import StartApi
 

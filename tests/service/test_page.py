@@ -15,6 +15,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+
 from service.apiproc import KEYS, batch_lines, upload, write_lines
 from service.conftest import StartApi
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from helpers import ServerProcess
+
 from service.apiproc import KEYS, ApiProcess, batch_lines, content_lines, upload, write_lines
 
 ROWS = 3000

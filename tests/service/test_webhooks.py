@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from helpers import ServerProcess
+
 from service.apiproc import batch_lines, upload, wait_done, write_lines
 from service.conftest import StartApi
-
 from vbatch import RetryPolicy, StopAfterAttempt
 from vbatch._service.webhooks import Webhooks, sign
 
