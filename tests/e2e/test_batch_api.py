@@ -33,6 +33,28 @@ def _lines() -> list[dict[str, object]]:
     return lines
 
 
+def test_the_service_launches_vllm_itself(tmp_path: Path) -> None:
+    """`vbatch api` without --base-url: it starts the embedded model (as `vbatch run` does)
+    and stops it when it stops. First in this file: the session's server is not up yet, so
+    two vLLMs never share the two cores."""
+    path = write_lines(tmp_path / "batch.jsonl", _lines()[:3])
+    api = ApiProcess(tmp_path / "data", "--max-model-len", "512").start()
+    try:
+        client = api.client()
+        batch = client.batches.create(input_file_id=upload(client, path),
+                                      endpoint="/v1/chat/completions",
+                                      completion_window="24h")  # fmt: skip
+        batch = wait_done(client, batch.id, timeout_s=300)
+        assert batch.status == "completed", batch
+        assert batch.model == "SmolLM2-135M-Instruct"
+        outputs = content_lines(client, batch.output_file_id)
+        assert sorted(o["custom_id"] for o in outputs) == ["q0", "q1", "q2"]
+        assert all(o["response"]["body"]["choices"][0]["message"]["content"] for o in outputs)
+    finally:
+        api.stop()
+    assert api.proc is not None and api.proc.returncode == 0, api.log()
+
+
 def test_openai_client_against_the_service_matches_vbatch_run(
     vllm_server: VllmServer, tmp_path: Path
 ) -> None:

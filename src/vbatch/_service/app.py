@@ -163,8 +163,7 @@ def create_app(service: Service) -> FastAPI:
     async def delete_file(file_id: str, who: Owner) -> dict[str, Any]:
         row = own_file(who, file_id)
         store.delete_file(who, file_id)
-        if row.purpose != "batch_output":  # a batch's files go with the batch folder
-            files.remove(row.location)
+        files.remove(row.location)
         return {"id": file_id, "object": "file", "deleted": True}
 
     # -- batches ---------------------------------------------------------------------------------
