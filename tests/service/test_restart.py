@@ -67,3 +67,4 @@ def test_kill_9_three_times_loses_and_repeats_nothing(
                 assert not any(key.encode() in path.read_bytes() for key in KEYS), path
     finally:
         api.stop()
+    assert api.proc is not None and api.proc.returncode == 0  # SIGTERM: a clean stop

@@ -15,11 +15,12 @@ from pydantic import BaseModel
 
 from .._client.dispatcher import Dispatcher
 from .auth import Keys
+from .batchjob import priority_weight
 from .filestore import FileStore
 from .ids import is_id, new_id
 from .objects import TERMINAL, error_body, file_object, new_batch, page
 from .page import PAGE
-from .runner import BatchRunner, priority_weight
+from .runner import BatchRunner
 from .store import FileRow, Store
 from .uploads import TooLarge, UploadError, receive_upload
 from .validation import ENDPOINTS

@@ -24,36 +24,21 @@ from .._client.dispatcher import Dispatcher
 from .._client.stats import Stats
 from .._config import OverflowPolicy
 from .._errors import TransportError, VbatchError
-from .._job import Job, iter_results
-from .._output.split import SplitResultWriter
 from .._output.writer import OutputState
 from .._tasks import cancel_and_wait
+from .batchjob import batch_writer, run_rows
 from .filestore import FileStore
 from .finalize import tally, write_expired
 from .objects import TERMINAL, batch_error
 from .outputs import register_outputs
 from .statestore import DbStateStore
 from .store import Store
-from .validation import ENDPOINTS, validate_batch
+from .validation import validate_batch
 
-__all__ = ["ActiveBatch", "BatchRunner", "priority_weight"]
+__all__ = ["ActiveBatch", "BatchRunner"]
 
 log = logging.getLogger("vbatch.api")
 SAVE_INTERVAL_S = 2.0  # live request_counts reach the database this often
-
-
-def priority_weight(metadata: dict[str, Any] | None) -> float:
-    """A batch's share of the window: ``metadata["priority"]`` (a number, 0.1-100), else 1."""
-    value = (metadata or {}).get("priority")
-    if value is None:
-        return 1.0
-    try:
-        weight = float(value)
-    except ValueError:
-        weight = 0.0
-    if not 0.1 <= weight <= 100:
-        raise ValueError(f"metadata['priority'] must be a number from 0.1 to 100; got {value!r}")
-    return weight
 
 
 @dataclass
@@ -178,7 +163,7 @@ class BatchRunner:
                 self._set(active, "expired")
             elif doc["status"] == "in_progress":  # its window ended first
                 await asyncio.to_thread(write_expired, self._input_path(active),
-                                        self._writer(doc["id"]))  # fmt: skip
+                                        batch_writer(self.files, doc["id"]))  # fmt: skip
                 await self._finish(active, "expired")
             elif doc["status"] == "finalizing":
                 await self._finish(active, "completed")
@@ -195,11 +180,6 @@ class BatchRunner:
         if row is None:
             raise VbatchError("the batch's input file was deleted")
         return self.files.path(row.location)
-
-    def _writer(self, batch_id: str) -> SplitResultWriter:
-        self.files.batch_folder(batch_id)
-        return SplitResultWriter(*(self.files.path(self.files.output_location(batch_id, kind))
-                                   for kind in ("output", "errors")))  # fmt: skip
 
     async def _served(self) -> list[str] | None:
         try:
@@ -223,31 +203,13 @@ class BatchRunner:
             self._set(active, "in_progress")
 
     async def _run(self, active: ActiveBatch) -> None:
-        doc = active.doc
-        job = Job(input=self._input_path(active), input_format="jsonl",
-                  endpoint=ENDPOINTS[doc["endpoint"]], on_overflow=self.on_overflow)  # fmt: skip
-        stats = Stats()
+        def ready(stats: Stats, previous: OutputState) -> None:
+            active.stats, active.previous = stats, previous
 
-        def ready(s: Stats, previous: OutputState) -> None:
-            active.stats, active.previous = s, previous
-
-        async def consume() -> None:
-            async for _ in iter_results(job, self.dispatcher, stats, ready,
-                                        writer=self._writer(doc["id"]),
-                                        state=DbStateStore(self.store, doc["id"]),
-                                        weight=priority_weight(doc["metadata"])):  # fmt: skip
-                pass
-
-        runner = asyncio.create_task(consume())
-        stopper = asyncio.create_task(active.stop.wait())
-        try:
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(stopper)
-            if not runner.done():
-                await cancel_and_wait(runner)  # the writer closes: what came back is kept
-        if not runner.cancelled():
-            runner.result()  # an error of the job ends the batch as failed
+        await run_rows(active.doc, self._input_path(active), self.dispatcher,
+                       batch_writer(self.files, active.doc["id"]),
+                       DbStateStore(self.store, active.doc["id"]), ready, active.stop,
+                       self.on_overflow)  # fmt: skip
 
     async def _finish(
         self, active: ActiveBatch, status: str, errors: list[dict[str, Any]] | None = None

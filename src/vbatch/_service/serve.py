@@ -4,10 +4,14 @@ is printed (so ``--port 0`` works: the URL printed names the port taken)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -76,6 +80,16 @@ def _fleet_dispatcher(settings: ServiceSettings) -> Dispatcher:
     return _dispatcher(fleet, settings.client, window_per_member=per_member)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: after its graceful stop it raises the
+    signal again, which would end the process before the batches' files are closed and the
+    fleet (the vLLM servers launched) is stopped. ``_serve``'s handlers ask it to exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -108,8 +122,12 @@ async def _serve(settings: ServiceSettings) -> None:
             print(f"http://{shown}:{port}/v1", flush=True)
             print(f"vbatch: Batch API at http://{shown}:{port}/v1 (status page at "
                   f"http://{shown}:{port}/)", file=sys.stderr, flush=True)  # fmt: skip
+            server = _Server(config)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, setattr, server, "should_exit", True)
             try:
-                await uvicorn.Server(config).serve(sockets=[sock])
+                await server.serve(sockets=[sock])
             finally:
                 await runner.aclose()
                 if webhooks is not None:
