@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ServerProcess
@@ -45,12 +46,17 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _percent(browser: webdriver.Chrome, batch_id: str) -> int | None:
-    rows = browser.find_elements(By.ID, f"batch-{batch_id}")
-    if not rows:
-        return None
-    bar = rows[0].find_element(By.CSS_SELECTOR, ".bar")
-    return int(bar.get_attribute("data-percent") or 0)
+def _row(browser: webdriver.Chrome, batch_id: str) -> dict[str, Any] | None:
+    """The batch's row as the page shows it now, read in one go (the page redraws its rows
+    every second, so an element found earlier may be gone)."""
+    found: dict[str, Any] | None = browser.execute_script(
+        """const row = document.getElementById(arguments[0]);
+        if (!row) return null;
+        return {percent: Number(row.querySelector(".bar").dataset.percent),
+                text: row.innerText, done: row.querySelector(".done").textContent};""",
+        f"batch-{batch_id}",
+    )
+    return found
 
 
 def test_the_page_shows_a_running_batch_and_updates_it(
@@ -71,13 +77,13 @@ def test_the_page_shows_a_running_batch_and_updates_it(
     deadline = time.monotonic() + 30
     while len(set(seen)) < 3:  # the bar moved at least twice
         assert time.monotonic() < deadline, f"the page did not update: {seen}"
-        percent = _percent(browser, batch.id)
-        if percent is not None:
-            seen.append(percent)
+        row = _row(browser, batch.id)
+        if row is not None:
+            seen.append(row["percent"])
         time.sleep(0.2)
     assert seen == sorted(seen) and 0 < seen[-1] < 100
-    row = browser.find_element(By.ID, f"batch-{batch.id}")
-    assert "in_progress" in row.text and "/200" in row.find_element(By.CLASS_NAME, "done").text
+    row = _row(browser, batch.id)
+    assert row is not None and "in_progress" in row["text"] and "/200" in row["done"]
     assert "1/1 servers up" in browser.find_element(By.ID, "fleet").text
     # A wrong key is shown as refused, not as an empty list.
     key_box.clear()
