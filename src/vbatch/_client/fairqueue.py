@@ -117,6 +117,8 @@ class FairQueue(Generic[T]):
         return self._pick().took()
 
     def _pick(self) -> Lane[T]:
+        if len(self._lanes) == 1:  # one job (``vbatch run``): no turns to take
+            return self._lanes[0]
         ready = [lane for lane in self._lanes if lane.items]
         if len(ready) == 1:
             return ready[0]

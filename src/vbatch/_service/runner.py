@@ -86,7 +86,7 @@ class BatchRunner:
 
     def resume(self) -> None:
         """Pick up every batch a previous run of the service left unfinished."""
-        unfinished = tuple(s for s in ("validating", "in_progress", "finalizing", "cancelling"))
+        unfinished = ("validating", "in_progress", "finalizing", "cancelling")
         for owner, doc in self.store.batches_in(unfinished):
             log.info("resuming %s (%s)", doc["id"], doc["status"])
             self._start(ActiveBatch(owner, doc))
