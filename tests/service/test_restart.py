@@ -30,7 +30,8 @@ def test_kill_9_three_times_loses_and_repeats_nothing(
     server_process: ServerProcess, tmp_path: Path
 ) -> None:
     failing = {f"r{i}" for i in range(5, ROWS, 250)}
-    server_process.control(scripts={key: [400] for key in failing})
+    # Refused on every try: a failing row in flight at a kill is sent again, and must fail again.
+    server_process.control(scripts={key: [400] * 5 for key in failing})
     rng = random.Random(14)
     data = tmp_path / "data"
     args = ("--base-url", server_process.base_url, "--concurrency", "8")
