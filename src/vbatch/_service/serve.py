@@ -27,6 +27,7 @@ from .._config import (
     LaunchOptions,
     OverflowPolicy,
 )
+from .._engine.paths import home
 from .._engine.plan import plan_server
 from .._fleet.base import Fleet, base_urls
 from .._fleet.local import LocalFleet
@@ -44,8 +45,8 @@ log = logging.getLogger("vbatch.api")
 
 
 def default_data_dir() -> str:
-    home = os.environ.get("VBATCH_HOME") or os.path.join(os.path.expanduser("~"), ".vbatch")
-    return os.path.join(home, "api")
+    """``$VBATCH_HOME/api``: beside the converted models and server logs (``_engine/paths``)."""
+    return str(home() / "api")
 
 
 @dataclass(frozen=True)
