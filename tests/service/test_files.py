@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -81,3 +82,20 @@ def test_keys_wrong_is_401_other_owner_is_404(start_api: StartApi, tmp_path: Pat
     assert list(bob.files.list()) == []
     assert [f.id for f in alice.files.list()] == [file_id]
     assert "key-alice" not in api.log() and "key-bob" not in api.log()
+
+
+def test_a_broken_upload_is_a_400_and_leaves_nothing(start_api: StartApi, tmp_path: Path) -> None:
+    api = start_api()
+    for content_type, body in (
+        ("multipart/form-data; boundary=zzz", b"--zzz\r\nContent-Disposition: form-data; "
+         b'name="file"; filename="a.jsonl"\r\n\r\npartial'),  # never closed
+        ("multipart/form-data; boundary=zzz", b"--zzz\r\n\x00\x01 not a header\r\n\r\n"),
+        ("application/json", b"{}"),
+        ("multipart/form-data; boundary=zzz", b'--zzz\r\nContent-Disposition: form-data; '
+         b'name="purpose"\r\n\r\nbatch\r\n--zzz--\r\n'),  # no file part
+    ):  # fmt: skip
+        headers = {"Content-Type": content_type, "Authorization": f"Bearer {KEYS[0]}"}
+        reply = httpx.post(api.base_url + "/files", content=body, headers=headers, timeout=30)
+        assert reply.status_code == 400, (body, reply.text)
+        assert reply.json()["error"]["param"] == "file"
+    assert list((tmp_path / "data" / "files").iterdir()) == []

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from python_multipart.exceptions import ParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 __all__ = ["TooLarge", "Upload", "UploadError", "receive_upload"]
@@ -45,6 +46,7 @@ class _Receiver:
         self._name: str | None = None
         self._is_file = False
         self._value = bytearray()
+        self.complete = False  # the closing boundary came: the body is whole
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -55,7 +57,11 @@ class _Receiver:
             "on_headers_finished": self._headers_done,
             "on_part_data": self._data,
             "on_part_end": self._end,
+            "on_end": self._body_end,
         }
+
+    def _body_end(self) -> None:
+        self.complete = True
 
     def _begin(self) -> None:
         self._headers, self._value = {}, bytearray()
@@ -112,9 +118,14 @@ async def receive_upload(
         with open(path, "xb") as out:
             receiver = _Receiver(out, max_bytes)
             parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
-            async for chunk in body:
-                parser.write(chunk)
-            parser.finalize()
+            try:
+                async for chunk in body:
+                    parser.write(chunk)
+                parser.finalize()
+            except ParseError as exc:
+                raise UploadError(f"the multipart body cannot be read: {exc}") from None
+            if not receiver.complete:
+                raise UploadError("the multipart body ends before its closing boundary")
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
