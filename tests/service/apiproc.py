@@ -29,9 +29,10 @@ class ApiProcess:
 
     def start(self) -> ApiProcess:
         stderr = self.stderr_path.open("a")
+        keys = ["--api-key-file", str(self.key_file)] if self.key_file.read_text() else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vbatch", "api", "--port", "0", "--data-dir",
-             str(self.data_dir), "--api-key-file", str(self.key_file), *self.args],
+             str(self.data_dir), *keys, *self.args],
             stdout=subprocess.PIPE, stderr=stderr, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None

@@ -21,7 +21,7 @@ def start_api(tmp_path: Path, server_process: ServerProcess) -> Iterator[StartAp
 
     def start(*args: str, keys: tuple[str, ...] | None = None) -> ApiProcess:
         extra = ("--base-url", server_process.base_url, *args)
-        api = ApiProcess(tmp_path / "data", *extra, **({"keys": keys} if keys else {}))
+        api = ApiProcess(tmp_path / "data", *extra, **({} if keys is None else {"keys": keys}))
         started.append(api.start())
         return api
 

@@ -99,3 +99,14 @@ def test_a_broken_upload_is_a_400_and_leaves_nothing(start_api: StartApi, tmp_pa
         assert reply.status_code == 400, (body, reply.text)
         assert reply.json()["error"]["param"] == "file"
     assert list((tmp_path / "data" / "files").iterdir()) == []
+
+
+def test_without_keys_any_caller_on_loopback_is_the_one_owner(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    api = start_api(keys=())
+    assert api.base_url.startswith("http://127.0.0.1:")
+    path = write_lines(tmp_path / "in.jsonl", batch_lines(1))
+    with path.open("rb") as f:
+        file_id = api.client("anything").files.create(file=f, purpose="batch").id
+    assert [f.id for f in api.client("something-else").files.list()] == [file_id]
