@@ -115,16 +115,13 @@ class Store:
         return orjson.loads(found[0]) if found else None
 
     def batches(
-        self, owner: str | None, after: str | None, limit: int
+        self, owner: str, after: str | None, limit: int
     ) -> tuple[list[dict[str, Any]], bool]:
-        """A page of the owner's batches, newest first (all owners' for None)."""
-        where, args = ["1"], []
-        if owner is not None:
-            where.append("owner = ?")
-            args.append(owner)
-        if after is not None:
-            where.append("seq < (SELECT seq FROM batches WHERE id = ?)")
-            args.append(after)
+        """A page of the owner's batches, newest first."""
+        where, args = ["owner = ?"], [owner]
+        if after is not None:  # the cursor too must be the owner's
+            where.append("seq < (SELECT seq FROM batches WHERE id = ? AND owner = ?)")
+            args += [after, owner]
         rows = self.db.execute(
             f"SELECT doc FROM batches WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
             (*args, limit + 1),
