@@ -77,7 +77,8 @@ Owner = Annotated[str, Depends(_owner)]
 
 
 def window_seconds(window: str) -> int:
-    """ "24h" (OpenAI's only window), or a shorter one such as "90s" or "30m"."""
+    """Seconds of a completion window: OpenAI's only one, "24h", or another up to 7 days
+    such as "90s" or "30m"."""
     match = _WINDOW.match(window)
     if match is None or int(match[1]) * _UNITS[match[2]] > MAX_WINDOW_S:
         raise APIError(400, f"completion_window must be like '24h' (at most 7d); got "
