@@ -55,7 +55,30 @@ def test_a_batch_completes_with_outputs_and_errors_apart(
                                      for o in outputs)  # fmt: skip
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     output_file = client.files.retrieve(batch.output_file_id)  # type: ignore[arg-type]
-    assert output_file.purpose == "batch_output"
+    assert output_file.purpose == "batch_output" and output_file.expires_at is None
+
+
+def test_output_expires_after_sets_the_output_files_expiry(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    client = start_api().client()
+    file_id = upload(client, write_lines(tmp_path / "in.jsonl", batch_lines(2)))
+    with pytest.raises(openai.BadRequestError, match="output_expires_after"):
+        client.batches.create(
+            input_file_id=file_id,
+            endpoint=CHAT,
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 60},
+        )
+    batch = client.batches.create(
+        input_file_id=file_id,
+        endpoint=CHAT,
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 7200},
+    )
+    batch = wait_done(client, batch.id)
+    output = client.files.retrieve(batch.output_file_id)  # type: ignore[arg-type]
+    assert output.expires_at == output.created_at + 7200
 
 
 def test_validation_names_every_bad_line(start_api: StartApi, tmp_path: Path) -> None:

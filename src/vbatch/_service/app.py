@@ -177,6 +177,7 @@ def create_app(service: Service) -> FastAPI:
                                 f"{body.endpoint!r}", param="endpoint")  # fmt: skip
         window = window_seconds(body.completion_window)
         _check_metadata(body.metadata)
+        output_ttl = _ttl(body.output_expires_after, "output_expires_after")
         source = own_file(who, body.input_file_id)
         if source.purpose != "batch":
             raise APIError(400, f"file {source.id} has purpose {source.purpose!r}, not "
@@ -184,7 +185,7 @@ def create_app(service: Service) -> FastAPI:
         now = int(runner.clock())
         doc = new_batch(new_id("batch"), source.id, body.endpoint, body.completion_window,
                         body.metadata, now, now + window)  # fmt: skip
-        runner.submit(who, doc)
+        runner.submit(who, doc, output_ttl)
         return runner.batch(who, doc["id"]) or doc
 
     @app.get("/v1/batches")
@@ -235,16 +236,29 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+def _ttl(policy: dict[str, Any] | None, param: str) -> int | None:
+    """Seconds from an expiry policy (``{"anchor": "created_at", "seconds": N}``), as OpenAI
+    takes them: 1 hour to 30 days."""
+    if policy is None:
+        return None
+    seconds = policy.get("seconds")
+    if policy.get("anchor") != "created_at" or not (
+        isinstance(seconds, int) and 3600 <= seconds <= 30 * 86400
+    ):
+        raise APIError(400, f"{param} must be anchor 'created_at' and 3600 to 2592000 "
+                            "seconds", param=param)  # fmt: skip
+    return seconds
+
+
 def _expires_at(fields: dict[str, str], purpose: str | None, now: int) -> int | None:
     seconds = fields.get("expires_after[seconds]")
     if seconds is None:
         return now + BATCH_FILE_TTL_S if purpose == "batch" else None
-    if fields.get("expires_after[anchor]", "created_at") != "created_at" or not (
-        seconds.isdigit() and 3600 <= int(seconds) <= 30 * 86400
-    ):
-        raise APIError(400, "expires_after must be anchor 'created_at' and 3600 to 2592000 "
-                            "seconds", param="expires_after")  # fmt: skip
-    return now + int(seconds)
+    policy = {"anchor": fields.get("expires_after[anchor]"),
+              "seconds": int(seconds) if seconds.isdigit() else None}  # fmt: skip
+    ttl = _ttl(policy, "expires_after")
+    assert ttl is not None
+    return now + ttl
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:

@@ -90,3 +90,9 @@ def m003_job_state(db: sqlite3.Connection) -> None:
             batch_lines INTEGER NOT NULL,
             digests BLOB NOT NULL
         )""")
+
+
+@migration
+def m004_output_ttl(db: sqlite3.Connection) -> None:
+    # A batch's output_expires_after (seconds after each output file is made), when asked for.
+    db.execute("ALTER TABLE batches ADD COLUMN output_ttl_s INTEGER")

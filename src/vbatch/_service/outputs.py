@@ -16,7 +16,9 @@ def register_outputs(
     store: Store, files: FileStore, owner: str, batch_id: str, now: int
 ) -> dict[str, str | None]:
     """``output_file_id`` and ``error_file_id`` for the batch's files (call it inside the
-    transaction that ends the batch)."""
+    transaction that ends the batch); they expire as its ``output_expires_after`` says."""
+    ttl = store.output_ttl(batch_id)
+    expires_at = None if ttl is None else now + ttl
     ids: dict[str, str | None] = {}
     for kind, key in (("output", "output_file_id"), ("errors", "error_file_id")):
         location = files.output_location(batch_id, kind)
@@ -26,7 +28,7 @@ def register_outputs(
             ids[key] = None
             continue
         file_id = new_id("file")
-        store.add_file(FileRow(file_id, owner, size, now, None, f"{batch_id}_{kind}.jsonl",
-                               "batch_output", location))  # fmt: skip
+        store.add_file(FileRow(file_id, owner, size, now, expires_at,
+                               f"{batch_id}_{kind}.jsonl", "batch_output", location))  # fmt: skip
         ids[key] = file_id
     return ids

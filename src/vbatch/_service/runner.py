@@ -96,8 +96,8 @@ class BatchRunner:
         """Stop every batch where it is (its files closed whole); they resume at next start."""
         await cancel_and_wait(self._ticker, *(a.task for a in self.active.values()))
 
-    def submit(self, owner: str, doc: dict[str, Any]) -> None:
-        self.store.add_batch(owner, doc)
+    def submit(self, owner: str, doc: dict[str, Any], output_ttl_s: int | None = None) -> None:
+        self.store.add_batch(owner, doc, output_ttl_s)
         self._start(ActiveBatch(owner, doc))
 
     def cancel(self, owner: str, batch_id: str) -> dict[str, Any] | None:

@@ -96,11 +96,17 @@ class Store:
 
     # -- batches -------------------------------------------------------------------------------
 
-    def add_batch(self, owner: str, doc: dict[str, Any]) -> None:
+    def add_batch(self, owner: str, doc: dict[str, Any], output_ttl_s: int | None = None) -> None:
         self.db.execute(
-            "INSERT INTO batches (id, owner, status, doc) VALUES (?, ?, ?, ?)",
-            (doc["id"], owner, doc["status"], orjson.dumps(doc).decode()),
+            "INSERT INTO batches (id, owner, status, doc, output_ttl_s) VALUES (?, ?, ?, ?, ?)",
+            (doc["id"], owner, doc["status"], orjson.dumps(doc).decode(), output_ttl_s),
         )
+
+    def output_ttl(self, batch_id: str) -> int | None:
+        found = self.db.execute(
+            "SELECT output_ttl_s FROM batches WHERE id = ?", (batch_id,)
+        ).fetchone()
+        return found[0] if found else None
 
     def save_batch(self, doc: dict[str, Any]) -> None:
         self.db.execute(
