@@ -114,3 +114,28 @@ async def test_the_clock_expires_a_running_batch(tmp_path: Path, server: FakeSer
     counts = doc["request_counts"]
     assert counts["completed"] >= 5 and counts["completed"] + counts["failed"] == 200
     assert counts["failed"] > 100  # most rows never went out
+
+
+async def test_expired_files_are_removed(tmp_path: Path, server: FakeServer) -> None:
+    store, files, file_id = _setup(tmp_path, 1)
+    clock = Clock()
+    short_lived = new_id("file")
+    location = files.upload_location(short_lived)
+    Path(files.path(location)).write_bytes(b"x")
+    store.add_file(FileRow(short_lived, "o", 1, 0, int(clock.now) + 10, "x", "user_data",
+                           location))  # fmt: skip
+    async with vbatch.connect(server.base_url, concurrency=1) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=10, clock=clock, tick_s=0.01)
+        runner.resume()
+        try:
+            await asyncio.sleep(0.05)
+            assert len(store.files("o", None, None, 10, True)[0]) == 2  # not yet
+            clock.now += 11
+            for _ in range(100):
+                if len(store.files("o", None, None, 10, True)[0]) == 1:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await runner.aclose()
+    assert [f.id for f in store.files("o", None, None, 10, True)[0]] == [file_id]
+    assert not Path(files.path(location)).exists()  # the bytes went with it
