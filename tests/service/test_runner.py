@@ -131,7 +131,7 @@ async def test_expired_files_are_removed(tmp_path: Path, server: FakeServer) -> 
             await asyncio.sleep(0.05)
             assert len(store.files("o", None, None, 10, True)[0]) == 2  # not yet
             clock.now += 11
-            for _ in range(100):
+            for _ in range(600):  # expired files are looked for every SAVE_INTERVAL_S
                 if len(store.files("o", None, None, 10, True)[0]) == 1:
                     break
                 await asyncio.sleep(0.01)

@@ -249,7 +249,7 @@ class BatchRunner:
                         self.store.save_batch(active.doc)
             if save:
                 last_save = now
-            self._drop_expired_files()
+                self._drop_expired_files()
 
     def _drop_expired_files(self) -> None:
         for row in self.store.expired_files(int(self.clock())):
