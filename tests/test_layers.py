@@ -59,7 +59,7 @@ def test_only_the_cli_reaches_the_service() -> None:
         wrong += [f"{path.relative_to(ROOT)} imports {m}" for m in modules
                   if m.split(".")[0] == "_service"]  # fmt: skip
     assert wrong == []
-    assert "_service" in _top_level_imports(ROOT / "_cli" / "commands.py", "_cli")
+    assert "_service" in _top_level_imports(ROOT / "_cli" / "api.py", "_cli")
 
 
 def _top_level_imports(path: Path, package: str = "") -> set[str]:
