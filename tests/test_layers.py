@@ -47,6 +47,34 @@ def test_each_part_imports_only_what_lies_upstream_of_it() -> None:
     assert wrong == []
 
 
+def test_only_the_cli_reaches_the_service() -> None:
+    """The Batch API service (``_service``) sits on top of the core: nothing in the core
+    imports it, so the library works without its web dependencies."""
+    wrong = []
+    for path in sorted(ROOT.rglob("*.py")):
+        package = path.parent.relative_to(ROOT).parts[0] if path.parent != ROOT else ""
+        if package in ("_service", "_cli"):
+            continue
+        modules = _imports(path, package) if package else _top_level_imports(path)
+        wrong += [f"{path.relative_to(ROOT)} imports {m}" for m in modules
+                  if m.split(".")[0] == "_service"]  # fmt: skip
+    assert wrong == []
+    assert "_service" in _top_level_imports(ROOT / "_cli" / "api.py", "_cli")
+
+
+def _top_level_imports(path: Path, package: str = "") -> set[str]:
+    """Like ``_imports``, with imports inside functions (the CLI loads the service lazily)
+    and for modules at the package's top level (``from ._x import``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            if node.level == 1 and not package:
+                found.add(node.module)
+            elif node.level == 2 or (node.level == 1 and package):
+                found.add(node.module if node.level == 2 else f"{package}.{node.module}")
+    return {m.split(".")[0] for m in found}
+
+
 def test_the_check_sees_imports() -> None:
     client = _imports(ROOT / "_client" / "dispatcher.py", "_client")
     assert "_config" in client and "_client.sender" in client

@@ -100,6 +100,17 @@ STARTUP_TIMEOUT_S = 900.0
 MAX_RESTARTS = 3
 RESTART_WINDOW_S = 600.0
 
+# -- the Batch API service (vbatch api) ----------------------------------------------------------
+
+DEFAULT_API_PORT = 8300
+# OpenAI's limits for one batch: its input may hold this many lines and bytes (both settable).
+MAX_BATCH_LINES = 50_000
+MAX_FILE_BYTES = 200 * 1024 * 1024
+# The completion window OpenAI offers; the service also takes shorter ones ("90s", "30m").
+COMPLETION_WINDOW = "24h"
+# A failed validation names at most this many bad lines.
+MAX_REPORTED_ERRORS = 100
+
 # -- watching servers ------------------------------------------------------------------------------
 
 HEALTH_INTERVAL_S = 1.0  # every member's /health is asked this often

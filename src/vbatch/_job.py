@@ -145,13 +145,15 @@ async def iter_results(
     *,
     writer: ResultWriter | None = None,
     state: JobStateStore | None = None,
+    weight: float = 1.0,
 ) -> AsyncIterator[Result]:
     """Run ``job`` and yield each result once it is safely handed to the output (if any).
 
     The output is ``writer`` with its job state in ``state``; by default a JSONL file at
     ``job.output`` with the state files beside it (none when ``job.output`` is None). Raises
     ``InputError``/``OutputError``/``ResumeError`` before the first request when the input or
-    output cannot be used.
+    output cannot be used. Jobs sharing the dispatcher take turns at its window, ``weight``
+    rows for each one of a job of weight 1.
     """
     stats = stats or Stats()
     source = open_source(job.input, job.input_format)
@@ -189,7 +191,8 @@ async def iter_results(
         requests = (builder.build(row) for row in source.rows(pending))
         fail_fast = FailFast(FAIL_FAST_REPLIES)
         async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
-                                              on_overflow=job.on_overflow):  # fmt: skip
+                                              on_overflow=job.on_overflow,
+                                              weight=weight):  # fmt: skip
             if writer is not None:
                 writer.write(result)
             yield result

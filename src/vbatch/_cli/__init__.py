@@ -1,5 +1,8 @@
-"""The ``vbatch`` command line."""
+"""The ``vbatch`` command line: ``run`` and ``serve`` (commands.py), ``api`` (api.py)."""
 
-from .commands import main
+from .api import api_command
+from .commands import cli, main
+
+cli.add_command(api_command)
 
 __all__ = ["main"]

@@ -27,6 +27,7 @@ from .._job import Job
 
 __all__ = [
     "client_options",
+    "engine_options",
     "input_options",
     "launch_options",
     "output_options",
@@ -144,7 +145,8 @@ output_options = _group([
     click.option("-q", "--quiet", is_flag=True, help="No progress and no summary."),
 ])  # fmt: skip
 
-launch_options = _group([
+# How vbatch starts vLLM, except where it listens (``vbatch api`` has a --host of its own).
+engine_options = _group([
     click.option("--max-model-len", type=click.IntRange(min=16),
                  help="Context size [default for run: longest prompt + max_tokens, from the "
                       "data]."),
@@ -168,10 +170,6 @@ launch_options = _group([
     click.option("--vllm-arg", "vllm_args", multiple=True, metavar="ARG",
                  help="Any other vLLM server flag, passed through (repeat; e.g. "
                       "--vllm-arg=--enable-prefix-caching)."),
-    click.option("--host", default=LaunchOptions.host, show_default=True,
-                 help="Interface the started server listens on."),
-    click.option("--port", type=click.IntRange(0, 65535), default=LaunchOptions.port,
-                 help="Port of the started server [default: a free one]."),
     click.option("--startup-timeout", "startup_timeout_s", type=float,
                  default=LaunchOptions.startup_timeout_s, show_default=True,
                  help="Seconds the started server may take to be healthy."),
@@ -181,3 +179,12 @@ launch_options = _group([
                       "are sent again, not charged an attempt), at most this many times in 10 "
                       "minutes; then the run stops (exit 3) and keeps what is finished."),
 ])  # fmt: skip
+
+server_address_options = _group([
+    click.option("--host", default=LaunchOptions.host, show_default=True,
+                 help="Interface the started server listens on."),
+    click.option("--port", type=click.IntRange(0, 65535), default=LaunchOptions.port,
+                 help="Port of the started server [default: a free one]."),
+])  # fmt: skip
+
+launch_options = _group([engine_options, server_address_options])

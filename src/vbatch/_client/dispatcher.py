@@ -1,9 +1,10 @@
 """The dispatcher: keeps up to ``concurrency`` requests in flight over one transport.
 
-Rows come from a lazy iterator; each job's feeder moves them into the worker pool's short queue
-and a worker takes the next one the moment its previous request completes, so the server's
-batch is refilled at once and never in lumps. Several jobs may share one dispatcher (one
-connection pool, one window): each ``stream()`` call is a job.
+Rows come from a lazy iterator; each job's feeder moves them into its short lane of the worker
+pool's queue and a worker takes the next one the moment its previous request completes, so the
+server's batch is refilled at once and never in lumps. Several jobs may share one dispatcher
+(one connection pool, one window): each ``stream()`` call is a job, and the window is shared
+between them in weighted turn (``fairqueue.py``).
 
 The dispatcher only dispatches. Sending one request with retries is the ``Sender``'s; reading
 the server's load is the ``LoadMonitor``'s and choosing the window from it the
@@ -186,11 +187,13 @@ class Dispatcher:
         ordered: bool = False,
         reorder_window: int | None = None,
         on_overflow: OverflowPolicy = "error",
+        weight: float = 1.0,
     ) -> AsyncIterator[Result]:
         """Send every request; yield each result as it completes (or in input order).
 
         With ``ordered``, at most ``reorder_window`` rows (default 4 x concurrency) may be
-        finished but waiting for an older one; beyond that, sending pauses.
+        finished but waiting for an older one; beyond that, sending pauses. Jobs running at
+        once take turns at the window, ``weight`` rows for each one of a job of weight 1.
         """
         self.start()
         await self.ready()
@@ -198,7 +201,8 @@ class Dispatcher:
         stats.begin_sending()
         window = reorder_window or 4 * self.concurrency
         job = JobStream(stats, ordered, window, on_overflow)
-        feeder = asyncio.create_task(job.feed(requests, self.pool.queue.put))
+        lane = self.pool.queue.lane(weight)
+        feeder = asyncio.create_task(job.feed(requests, lane.put))
         finished = False
         try:
             results = job.results
@@ -210,6 +214,7 @@ class Dispatcher:
             finished = True
         finally:
             job.closed = True
+            lane.close()
             if not finished:
                 feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

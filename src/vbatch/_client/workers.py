@@ -1,7 +1,8 @@
 """A pool of workers that each take the next item the moment the previous one is done.
 
-The queue is no longer than the pool, so whoever feeds it blocks there and reads its input
-lazily: live coroutines and memory are O(size), not O(items). The pool can be resized while it
+Items wait in a ``FairQueue``: a lane per feeder, each no longer than the pool, so whoever feeds
+it blocks there and reads its input lazily (live coroutines and memory are O(size) per feeder,
+not O(items)), and workers take from the lanes in turn. The pool can be resized while it
 runs: new workers start at once, surplus ones leave after their current item.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from .._tasks import cancel_and_wait
+from .fairqueue import FairQueue
 
 __all__ = ["WorkerPool"]
 
@@ -22,7 +24,7 @@ class WorkerPool(Generic[T]):
     def __init__(self, size: int, handle: Callable[[T], Awaitable[None]]) -> None:
         self.size = size
         self._handle = handle
-        self._queue: asyncio.Queue[T] | None = None
+        self._queue: FairQueue[T] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._retiring = 0
 
@@ -32,12 +34,13 @@ class WorkerPool(Generic[T]):
 
     def start(self) -> None:
         if self._queue is None:
-            self._queue = asyncio.Queue(maxsize=self.size)
+            self._queue = FairQueue(self.size)
             self._workers = [asyncio.create_task(self._work()) for _ in range(self.size)]
 
     @property
-    def queue(self) -> asyncio.Queue[T]:
-        """Where items go (feeders ``await queue.put(item)``; it blocks while the pool is busy)."""
+    def queue(self) -> FairQueue[T]:
+        """Where items go: a feeder takes a lane (``queue.lane(weight)``) and awaits
+        ``lane.put(item)``, which blocks while the lane is full."""
         assert self._queue is not None, "start() first"
         return self._queue
 

@@ -42,6 +42,10 @@ BODY_FIELDS = frozenset(
 )  # fmt: skip
 
 
+# A job's --endpoint, where it names one: an OpenAI Batch line must then name it too.
+_MODE_ENDPOINTS = {"completions": COMPLETIONS, "chat": CHAT}
+
+
 @dataclass(frozen=True)
 class FieldMap:
     """Where a row keeps its id, prompt and messages, and how to build a prompt from columns."""
@@ -109,6 +113,10 @@ class RequestBuilder:
             line = parse_input_line(row.data)
         except ValueError as exc:
             raise self._error(row, str(exc)) from None
+        wanted = _MODE_ENDPOINTS.get(self.endpoint)
+        if wanted is not None and line.endpoint != wanted:
+            raise self._error(row, f"'url' is {row.data.get('url')!r} but this job's endpoint "
+                                   f"is {self.endpoint} (/v1{wanted})")  # fmt: skip
         key = "prompt" if line.endpoint == COMPLETIONS else "messages"
         self._check_payload(row, key, line.body[key])
         merged = {**self._base, **line.body}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._config import MAX_REPORTED_ERRORS
 from .._errors import InputError
 from .ids import DigestList, id_digest
 from .requests import RequestBuilder
@@ -26,15 +27,45 @@ class InputIndex:
     digests: np.ndarray
 
 
-def validate_input(source: Source, builder: RequestBuilder) -> InputIndex:
+def validate_input(
+    source: Source,
+    builder: RequestBuilder,
+    errors: list[InputError] | None = None,
+    max_errors: int = MAX_REPORTED_ERRORS,
+) -> InputIndex:
+    """Index the input, raising ``InputError`` at its first bad row; with ``errors`` (the Batch
+    API names every bad line) bad rows are added there instead and the pass goes on, up to
+    ``max_errors`` of them or a line that is not JSON at all."""
     ids = DigestList()
-    for row in source.rows():
-        ids.append(builder.build(row).id)
-    if len(ids) == 0:
-        raise InputError(source.path, None, "the input has no rows")
-    duplicates = ids.duplicates()
-    if duplicates:
-        _report_duplicate(source, builder, duplicates)
+    rows = source.rows()
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except InputError as exc:  # the file itself (a line that is not JSON): no going on
+            if errors is None:
+                raise
+            errors.append(exc)
+            break
+        try:
+            ids.append(builder.build(row).id)
+        except InputError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            if len(errors) >= max_errors:
+                break
+    try:
+        if len(ids) == 0 and not errors:
+            raise InputError(source.path, None, "the input has no rows")
+        duplicates = ids.duplicates()
+        if duplicates:
+            _report_duplicate(source, builder, duplicates)
+    except InputError as exc:
+        if errors is None:
+            raise
+        errors.append(exc)
     return InputIndex(len(ids), bool(builder.batch_lines), ids.to_numpy())
 
 
@@ -42,7 +73,10 @@ def _report_duplicate(source: Source, builder: RequestBuilder, digests: set[int]
     """Second pass, only when the digests collide: find the real duplicate and cite both lines."""
     first_seen: dict[str, int] = {}
     for row in source.rows():
-        request = builder.build(row)
+        try:
+            request = builder.build(row)
+        except InputError:
+            continue  # already reported (errors collected): not a duplicate
         if id_digest(request.id) not in digests:
             continue
         key = str(request.id)

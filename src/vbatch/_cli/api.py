@@ -1,0 +1,147 @@
+"""``vbatch api``: the OpenAI-compatible Batch API service (``_service``), loaded only when
+the command runs, so the rest of the CLI needs none of its web dependencies."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from .._config import (
+    DEFAULT_API_PORT,
+    DEFAULT_HOST,
+    MAX_BATCH_LINES,
+    MAX_FILE_BYTES,
+    ClientOptions,
+    LaunchOptions,
+    OverflowPolicy,
+)
+from .._errors import VbatchError
+from .commands import UserError, _fail
+from .options import client_options, engine_options
+
+__all__ = ["api_command"]
+
+
+@click.command("api")
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Interface the service listens on; without API keys only a loopback one.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_API_PORT,
+    show_default=True,
+    help="The service's port (0: a free one, printed).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Where files, outputs and the database are kept [default: $VBATCH_HOME/api].",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="The service's bearer keys, one a line (else $VBATCH_API_KEYS, comma-"
+    "separated); each key sees only its own files and batches. Without any the "
+    "service listens on loopback only. Keys are never printed or logged.",
+)
+@click.option(
+    "--webhook-url",
+    metavar="URL",
+    help="POST batch.completed|failed|expired|cancelled events here (Standard "
+    "Webhooks), retried with back-off.",
+)
+@click.option(
+    "--webhook-secret-file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="The webhook signing secret (whsec_...) [else $VBATCH_WEBHOOK_SECRET].",
+)
+@click.option(
+    "--max-lines",
+    type=click.IntRange(min=1),
+    default=MAX_BATCH_LINES,
+    show_default=True,
+    help="Most lines a batch's input may have.",
+)
+@click.option(
+    "--max-file-bytes",
+    type=click.IntRange(min=1),
+    default=MAX_FILE_BYTES,
+    show_default=True,
+    help="Largest file an upload may be.",
+)
+@click.option("--model", help="Model to launch when no --base-url is given, a path or hub "
+              "name [default: the embedded SmolLM2-135M-Instruct].")  # fmt: skip
+@client_options
+@engine_options
+def api_command(
+    host: str,
+    port: int,
+    data_dir: str | None,
+    api_key_file: str | None,
+    webhook_url: str | None,
+    webhook_secret_file: str | None,
+    max_lines: int,
+    max_file_bytes: int,
+    model: str | None,
+    base_url: tuple[str, ...],
+    api_key: str | None,
+    concurrency: int | None,
+    timeout_s: float,
+    max_attempts: int,
+    down_timeout_s: float,
+    on_overflow: OverflowPolicy,
+    **engine: Any,
+) -> None:
+    """Serve an OpenAI-compatible Batch API (/v1/files, /v1/batches) on your own servers.
+
+    \b
+    vbatch api --model /models/Qwen2.5-7B-Instruct --api-key-file keys.txt
+    vbatch api --base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1
+
+    Batches survive restarts (a killed service resumes them without sending a finished row
+    again), share one in-flight window fairly (metadata["priority"] weights a batch's share)
+    and show live at http://HOST:PORT/.
+    """
+    try:
+        from .._service import ServiceSettings, serve
+        from .._service.auth import load_keys
+        from .._service.serve import default_data_dir
+    except ImportError as exc:  # pragma: no cover - fastapi and uvicorn come with vLLM
+        raise UserError(
+            f"vbatch api needs the api extra (pip install 'vbatch[api]'): {exc}"
+        ) from None
+    try:
+        launch = LaunchOptions.pop_from(dict(engine))
+        if base_url and launch.given():
+            flag = "--" + launch.given()[0].replace("_", "-")
+            raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
+        secret = os.environ.get("VBATCH_WEBHOOK_SECRET")
+        if webhook_secret_file is not None:
+            with open(webhook_secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        settings = ServiceSettings(
+            keys=load_keys(api_key_file), host=host, port=port,
+            data_dir=data_dir or default_data_dir(), base_urls=base_url, model=model,
+            launch=launch,
+            client=ClientOptions(api_key, concurrency, timeout_s, max_attempts, down_timeout_s),
+            on_overflow=on_overflow, max_lines=max_lines, max_file_bytes=max_file_bytes,
+            webhook_url=webhook_url, webhook_secret=secret,
+        )  # fmt: skip
+        settings.check()
+        serve(settings)
+    except OSError as exc:
+        raise UserError(str(exc)) from None
+    except VbatchError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,78 @@
+"""One batch's rows through the core: ``iter_results`` over the shared dispatcher, into the
+batch's output and error files (``SplitResultWriter``), its job state in the database, until
+the rows are done or the batch is told to stop (cancel, expiry, the service stopping)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from .._client.dispatcher import Dispatcher
+from .._client.stats import Stats
+from .._config import OverflowPolicy
+from .._job import Job, iter_results
+from .._output.split import SplitResultWriter
+from .._output.state import JobStateStore
+from .._output.writer import OutputState
+from .._tasks import cancel_and_wait
+from .filestore import FileStore
+from .validation import ENDPOINTS
+
+__all__ = ["batch_writer", "priority_weight", "run_rows"]
+
+
+def priority_weight(metadata: dict[str, Any] | None) -> float:
+    """A batch's share of the window: ``metadata["priority"]`` (a number, 0.1-100), else 1."""
+    value = (metadata or {}).get("priority")
+    if value is None:
+        return 1.0
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = 0.0
+    if not 0.1 <= weight <= 100:
+        raise ValueError(f"metadata['priority'] must be a number from 0.1 to 100; got {value!r}")
+    return weight
+
+
+def batch_writer(files: FileStore, batch_id: str) -> SplitResultWriter:
+    files.batch_folder(batch_id)
+    output, errors = (files.path(files.output_location(batch_id, kind))
+                      for kind in ("output", "errors"))  # fmt: skip
+    return SplitResultWriter(output, errors)
+
+
+async def run_rows(
+    doc: dict[str, Any],
+    input_path: str,
+    dispatcher: Dispatcher,
+    writer: SplitResultWriter,
+    state: JobStateStore,
+    ready: Callable[[Stats, OutputState], None],
+    stop: asyncio.Event,
+    on_overflow: OverflowPolicy,
+) -> None:
+    """Send the batch's pending rows; returns when they are all written or ``stop`` is set
+    (then results already back are kept and those in flight dropped). A job's error (the
+    fleet gave up, the server refused the rows) is raised."""
+    job = Job(input=input_path, input_format="jsonl", endpoint=ENDPOINTS[doc["endpoint"]],
+              on_overflow=on_overflow)  # fmt: skip
+
+    weight = priority_weight(doc["metadata"])
+
+    async def consume() -> None:
+        async for _ in iter_results(job, dispatcher, Stats(), ready, writer=writer,
+                                    state=state, weight=weight):  # fmt: skip
+            pass
+
+    runner = asyncio.create_task(consume())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(stopper)
+        if not runner.done():
+            await cancel_and_wait(runner)  # the writer closes: what came back is kept
+    if not runner.cancelled():
+        runner.result()

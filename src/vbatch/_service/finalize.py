@@ -1,0 +1,90 @@
+"""The end of a batch: rows never sent get ``batch_expired`` lines when it expired, then its
+output and error files are tallied (counts, token usage) and become files of purpose
+``batch_output``. Every step can run again after a crash: the expired lines are written only
+for rows neither file holds yet, and the tally is read from the files themselves."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .._input.ids import DigestList
+from .._input.sources import open_source
+from .._models import COMPLETIONS, ErrorInfo, Result
+from .._output.resume import pending_mask
+from .._output.split import SplitResultWriter
+
+__all__ = ["EXPIRED", "Tally", "tally", "write_expired"]
+
+EXPIRED = ErrorInfo(
+    "batch_expired",
+    "This request could not be executed before the completion window expired.",
+)
+
+
+def write_expired(input_path: str, writer: SplitResultWriter) -> int:
+    """A ``batch_expired`` error line for each row of the input that neither file holds."""
+    writer.lock()
+    try:
+        done = writer.scan(False).done if writer.holds_results() else np.zeros(0, np.uint64)
+        source = open_source(input_path, "jsonl")
+        ids = DigestList()
+        custom_ids = []
+        for row in source.rows():
+            ids.append(row.data.get("custom_id"))
+            custom_ids.append(row.data.get("custom_id"))
+        pending = pending_mask(ids.to_numpy(), done)
+        writer.open(True)
+        written = 0
+        for index in np.flatnonzero(pending):
+            custom_id = custom_ids[index]
+            writer.write(Result(int(index), custom_id, COMPLETIONS, None, None, EXPIRED, 0, 0.0))
+            written += 1
+        return written
+    finally:
+        writer.close()
+
+
+@dataclass
+class Tally:
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+
+
+def tally(output_path: str, errors_path: str) -> Tally:
+    """Counts and token usage, read from the finished files (whole lines only)."""
+    result = Tally()
+    for path, ok in ((output_path, True), (errors_path, False)):
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                if not ok:
+                    result.failed += 1
+                    continue
+                result.completed += 1
+                body = (orjson.loads(line).get("response") or {}).get("body") or {}
+                usage = body.get("usage") or {}
+                result.input_tokens += int(usage.get("prompt_tokens") or 0)
+                result.output_tokens += int(usage.get("completion_tokens") or 0)
+                details = usage.get("prompt_tokens_details") or {}
+                result.cached_tokens += int(details.get("cached_tokens") or 0)
+    return result

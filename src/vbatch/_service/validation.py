@@ -1,0 +1,73 @@
+"""A batch's input checked line by line before any request is sent: the core's streaming
+validation pass (``_input/validate.py``, the same request builder the run uses) collecting
+every bad line instead of stopping at the first, plus the Batch API's own rules: OpenAI Batch
+lines only, all on the batch's endpoint, within the line limit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._config import EndpointMode
+from .._errors import InputError
+from .._input.requests import RequestBuilder
+from .._input.sources import open_source
+from .._input.validate import validate_input
+from .._models import RequestDefaults
+from .objects import batch_error
+
+__all__ = ["ENDPOINTS", "Validation", "default_model", "validate_batch"]
+
+# The endpoints a batch may name, as the core's --endpoint modes.
+ENDPOINTS: dict[str, EndpointMode] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+}
+
+
+@dataclass
+class Validation:
+    rows: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)  # BatchError objects
+
+
+def default_model(served: Sequence[str] | None) -> RequestDefaults:
+    """Lines without a model go to the fleet's model when it serves one (as the core does)."""
+    if served is not None and len(served) == 1:
+        return RequestDefaults(model=served[0])
+    return RequestDefaults()
+
+
+def builder_for(path: str, endpoint: str, served: Sequence[str] | None) -> RequestBuilder:
+    hint = f"the service serves {', '.join(served)}" if served else ""
+    return RequestBuilder(path, default_model(served), endpoint=ENDPOINTS[endpoint],
+                          served=served, model_hint=hint)  # fmt: skip
+
+
+def validate_batch(
+    path: str, endpoint: str, served: Sequence[str] | None, max_lines: int
+) -> Validation:
+    """Every bad line of the input at ``path`` (one streaming pass; blocking: run it in a
+    thread)."""
+    builder = builder_for(path, endpoint, served)
+    problems: list[InputError] = []
+    try:
+        index = validate_input(open_source(path, "jsonl"), builder, problems)
+    except InputError as exc:  # no rows, or a duplicate custom_id
+        problems.append(exc)
+        index = None
+    result = Validation(rows=index.rows if index is not None else 0)
+    if builder.batch_lines is False:
+        result.errors.append(batch_error(
+            "invalid_request", "the input is not OpenAI Batch lines (custom_id, method, url, "
+            "body)", line=1))  # fmt: skip
+        return result
+    for problem in problems:
+        code = "duplicate_custom_id" if "duplicate id" in problem.message else "invalid_request"
+        result.errors.append(batch_error(code, problem.message, line=problem.line))
+    if result.rows > max_lines:
+        result.errors.append(batch_error(
+            "too_many_requests", f"the input has {result.rows:,} lines; a batch takes at most "
+            f"{max_lines:,}"))  # fmt: skip
+    return result

@@ -1,0 +1,141 @@
+"""The runner picking batches up from each step a stopped service left them on (validating,
+in_progress past its window, finalizing, cancelling), with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fakeserver import FakeServer
+
+import vbatch
+from service.apiproc import batch_lines, write_lines
+from vbatch._service.filestore import FileStore
+from vbatch._service.ids import new_id
+from vbatch._service.objects import TERMINAL, new_batch
+from vbatch._service.runner import BatchRunner
+from vbatch._service.store import FileRow, Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _setup(tmp_path: Path, rows: int) -> tuple[Store, FileStore, str]:
+    store, files = Store(str(tmp_path / "api.db")), FileStore(str(tmp_path))
+    file_id = new_id("file")
+    location = files.upload_location(file_id)
+    path = write_lines(Path(files.path(location)), batch_lines(rows))
+    store.add_file(FileRow(file_id, "o", path.stat().st_size, 0, None, "in.jsonl", "batch",
+                           location))  # fmt: skip
+    return store, files, file_id
+
+
+def _batch(store: Store, file_id: str, status: str, now: float, window_s: int) -> str:
+    doc = new_batch(new_id("batch"), file_id, "/v1/chat/completions", "24h", None, int(now),
+                    int(now) + window_s)  # fmt: skip
+    doc["status"] = status
+    store.add_batch("o", doc)
+    return str(doc["id"])
+
+
+async def _until_done(runner: BatchRunner, store: Store, batch_id: str) -> dict[str, Any]:
+    for _ in range(400):
+        doc = store.batch("o", batch_id)
+        assert doc is not None
+        if doc["status"] in TERMINAL:
+            return doc
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still {doc['status']}")
+
+
+async def test_resume_from_each_step(tmp_path: Path, server: FakeServer) -> None:
+    store, files, file_id = _setup(tmp_path, 30)
+    clock = Clock()
+    ids = {status: _batch(store, file_id, status, clock.now, 3600)
+           for status in ("validating", "in_progress", "cancelling", "finalizing")}  # fmt: skip
+    expired = _batch(store, file_id, "in_progress", clock.now - 7200, 3600)
+    notified: list[tuple[str, str]] = []
+    async with vbatch.connect(server.base_url, concurrency=4) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=100, clock=clock,
+                             notify=lambda d: notified.append((d["id"], d["status"])))  # fmt: skip
+        runner.resume()
+        try:
+            docs = {k: await _until_done(runner, store, v) for k, v in ids.items()}
+            old = await _until_done(runner, store, expired)
+        finally:
+            await runner.aclose()
+    assert docs["validating"]["status"] == "completed"
+    assert docs["validating"]["request_counts"] == {"total": 30, "completed": 30, "failed": 0}
+    assert docs["in_progress"]["status"] == "completed"
+    # Nothing was sent for these two: they end with what their (empty) files hold.
+    assert docs["cancelling"]["status"] == "cancelled"
+    assert docs["cancelling"]["output_file_id"] is None
+    assert docs["finalizing"]["status"] == "completed"
+    # Past its window when the service came back: every row gets a batch_expired line.
+    assert old["status"] == "expired" and old["expired_at"] is not None
+    assert old["request_counts"]["failed"] == 30 and old["output_file_id"] is None
+    errors = store.file("o", old["error_file_id"])
+    assert errors is not None
+    lines = [json.loads(x) for x in Path(files.path(errors.location)).read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == sorted(f"r{i}" for i in range(30))
+    assert {x["error"]["code"] for x in lines} == {"batch_expired"}
+    assert sorted(notified) == sorted([(ids["validating"], "completed"),
+                                       (ids["in_progress"], "completed"),
+                                       (ids["cancelling"], "cancelled"),
+                                       (ids["finalizing"], "completed"),
+                                       (expired, "expired")])  # fmt: skip
+    assert server.generation_requests == 60  # the two batches that ran, each row once
+
+
+async def test_the_clock_expires_a_running_batch(tmp_path: Path, server: FakeServer) -> None:
+    server.latency = 0.05
+    store, files, file_id = _setup(tmp_path, 200)
+    clock = Clock()
+    batch_id = _batch(store, file_id, "validating", clock.now, 60)
+    async with vbatch.connect(server.base_url, concurrency=2) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=1000, clock=clock, tick_s=0.05)
+        runner.resume()
+        try:
+            while (runner.batch("o", batch_id) or {})["request_counts"]["completed"] < 5:
+                await asyncio.sleep(0.01)
+            clock.now += 61  # the window ends
+            doc = await _until_done(runner, store, batch_id)
+        finally:
+            await runner.aclose()
+    assert doc["status"] == "expired"
+    counts = doc["request_counts"]
+    assert counts["completed"] >= 5 and counts["completed"] + counts["failed"] == 200
+    assert counts["failed"] > 100  # most rows never went out
+
+
+async def test_expired_files_are_removed(tmp_path: Path, server: FakeServer) -> None:
+    store, files, file_id = _setup(tmp_path, 1)
+    clock = Clock()
+    short_lived = new_id("file")
+    location = files.upload_location(short_lived)
+    Path(files.path(location)).write_bytes(b"x")
+    store.add_file(FileRow(short_lived, "o", 1, 0, int(clock.now) + 10, "x", "user_data",
+                           location))  # fmt: skip
+    async with vbatch.connect(server.base_url, concurrency=1) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=10, clock=clock, tick_s=0.01)
+        runner.resume()
+        try:
+            await asyncio.sleep(0.05)
+            assert len(store.files("o", None, None, 10, True)[0]) == 2  # not yet
+            clock.now += 11
+            for _ in range(600):  # expired files are looked for every SAVE_INTERVAL_S
+                if len(store.files("o", None, None, 10, True)[0]) == 1:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await runner.aclose()
+    assert [f.id for f in store.files("o", None, None, 10, True)[0]] == [file_id]
+    assert not Path(files.path(location)).exists()  # the bytes went with it

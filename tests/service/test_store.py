@@ -1,0 +1,79 @@
+"""The service's SQLite parts: migrations run once each, owners never see each other's
+objects, and a batch's job state round-trips (the core's JobStateStore seam)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vbatch._errors import ResumeError
+from vbatch._input.validate import InputIndex
+from vbatch._output.state import fingerprint
+from vbatch._service.auth import Keys, check_host
+from vbatch._service.ids import is_id, new_id
+from vbatch._service.migrations import MIGRATIONS, migrate
+from vbatch._service.objects import new_batch
+from vbatch._service.statestore import DbStateStore
+from vbatch._service.store import FileRow, Store
+
+
+def test_migrations_run_once_each(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    migrate(db)
+    migrate(db)  # a second start changes nothing
+    names = [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+    assert names == [m.__name__ for m in MIGRATIONS]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"files", "batches", "job_state"} <= tables
+
+
+def test_wal_and_owners_apart(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "api.db"))
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    row = FileRow(new_id("file"), "alice", 3, 1, None, "a.jsonl", "batch", "files/x")
+    store.add_file(row)
+    assert store.file("alice", row.id) == row and store.file("bob", row.id) is None
+    assert store.files("bob", None, None, 10, True) == ([], False)
+    store.delete_file("bob", row.id)  # not bob's: still there
+    assert store.file("alice", row.id) == row
+    doc = new_batch(new_id("batch"), row.id, "/v1/completions", "24h", None, 1, 2)
+    store.add_batch("alice", doc)
+    assert store.batch("alice", doc["id"]) == doc and store.batch("bob", doc["id"]) is None
+    assert store.batches_in(("validating",)) == [("alice", doc)]
+
+
+def test_job_state_round_trip(tmp_path: Path) -> None:
+    state = DbStateStore(Store(str(tmp_path / "api.db")), "batch_x")
+    with pytest.raises(ResumeError):
+        state.load()
+    digests = np.array([3, 1, 2], dtype=np.uint64)
+    state.save({"input": "abc"}, InputIndex(3, True, digests))
+    loaded = state.load()
+    assert loaded.fingerprint == fingerprint({"input": "abc"}) and loaded.parts == {"input": "abc"}
+    assert loaded.index is not None and loaded.index.rows == 3 and loaded.index.batch_lines
+    assert loaded.index.digests.tolist() == [3, 1, 2]
+
+
+def test_ids_are_random_and_checked() -> None:
+    a, b = new_id("file"), new_id("file")
+    assert a != b and is_id(a, "file") and not is_id(a, "batch")
+    assert new_id("batch").startswith("batch_")
+    assert not is_id("file-../../etc/passwd", "file")
+
+
+def test_keys() -> None:
+    keys = Keys(["alpha", "beta"])
+    alice = keys.owner("Bearer alpha")
+    assert alice is not None and alice != keys.owner("Bearer beta")
+    assert "alpha" not in alice
+    assert keys.owner("Bearer gamma") is None and keys.owner(None) is None
+    assert keys.owner("Basic alpha") is None
+    assert Keys([]).owner(None) == "local"
+    check_host("0.0.0.0", keys)  # with keys, any interface
+    check_host("127.0.0.1", Keys([]))
+    check_host("::1", Keys([]))
+    with pytest.raises(Exception, match="loopback"):
+        check_host("0.0.0.0", Keys([]))
