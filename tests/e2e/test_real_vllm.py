@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,25 @@ def count(server: VllmServer, **body: Any) -> int:
     return int(reply["count"])
 
 
-def vllm_processes() -> set[int]:
+@pytest.fixture
+def mark(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A word in the environment of what this test starts (vbatch passes its environment on to
+    the vLLM it launches), so that ``vllm_processes`` sees only those: other vLLM processes on
+    the machine, another test's or another session's, are not this test's leftovers."""
+    word = uuid.uuid4().hex
+    monkeypatch.setenv("VBATCH_TEST_MARK", word)
+    return word
+
+
+def vllm_processes(mark: str) -> set[int]:
     found = set()
     for p in psutil.process_iter(["pid", "cmdline", "name"]):
         cmd = " ".join(p.info["cmdline"] or []) + " " + (p.info["name"] or "")
-        if "vllm.entrypoints" in cmd or "VLLM::" in cmd:
-            found.add(p.info["pid"])
+        if "vllm.entrypoints" not in cmd and "VLLM::" not in cmd:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("VBATCH_TEST_MARK") == mark:
+                found.add(p.info["pid"])
     return found
 
 
@@ -251,10 +265,9 @@ def test_a_launched_server_past_its_restart_budget_fails_the_run_keeping_rows(
     _all_done_once(out)
 
 
-def test_self_launched_default_leaves_no_process(tmp_path: Path) -> None:
+def test_self_launched_default_leaves_no_process(tmp_path: Path, mark: str) -> None:
     """The README's path: no --base-url and no --model starts the embedded model, sized for
     the data, and stops every process it started."""
-    before = vllm_processes()
     rows = [
         {"id": "a", "messages": [{"role": "user", "content": "Say hello."}]},
         {"id": "b", "prompt": "The sky is"},
@@ -272,13 +285,12 @@ def test_self_launched_default_leaves_no_process(tmp_path: Path) -> None:
     assert "Starting vLLM server on" in log  # the log is the server's
     assert '"POST /v1/' not in log  # no access log line per request
     time.sleep(1)
-    assert vllm_processes() <= before, "the launcher left vLLM processes behind"
+    assert not vllm_processes(mark), "the launcher left vLLM processes behind"
 
 
-def test_bad_model_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
+def test_bad_model_fails_fast_with_the_log_tail(tmp_path: Path, mark: str) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "hi"}])
     env_model = str(tmp_path / "no-such-model")
-    before = vllm_processes()
     started = time.monotonic()
     proc = vbatch(str(inp), "-o", str(tmp_path / "out.jsonl"), "--model", env_model,
                   "--max-tokens", "4", "--startup-timeout", "300")  # fmt: skip
@@ -289,7 +301,7 @@ def test_bad_model_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
     assert "--- last lines of the log ---" in proc.stderr
     assert "no-such-model" in proc.stderr.split("--- last lines of the log ---")[1]
     assert "Traceback" not in proc.stderr.split("--- last lines of the log ---")[0]
-    assert vllm_processes() <= before
+    assert not vllm_processes(mark)
 
 
 def test_port_taken_fails_at_once(tmp_path: Path) -> None:
@@ -338,9 +350,8 @@ def test_fake_server_error_bodies_match_the_real_ones(vllm_server: VllmServer) -
         assert real_body == fake_body
 
 
-def test_ctrl_c_while_vllm_starts_stops_it_at_once(tmp_path: Path) -> None:
+def test_ctrl_c_while_vllm_starts_stops_it_at_once(tmp_path: Path, mark: str) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "hi"}])
-    before = vllm_processes()
     proc = subprocess.Popen(
         [sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(tmp_path / "out.jsonl"),
          "--max-tokens", "4"],
@@ -351,12 +362,13 @@ def test_ctrl_c_while_vllm_starts_stops_it_at_once(tmp_path: Path) -> None:
         if "server log:" in line:
             break
     time.sleep(2)
+    assert vllm_processes(mark)  # the mark finds what this test started
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert time.monotonic() - started < 45  # not after vLLM finished starting
     time.sleep(1)
-    assert vllm_processes() <= before
+    assert not vllm_processes(mark)
 
 
 def test_metrics_the_adaptive_window_reads(vllm_server: VllmServer) -> None:
