@@ -34,6 +34,7 @@ from ._fleet.base import Fleet, base_urls
 from ._fleet.local import LocalFleet
 from ._fleet.static import StaticFleet
 from ._input.requests import FieldMap
+from ._input.shard import Shard
 from ._input.sources import open_source
 from ._job import Job, RunSummary, iter_results, preview_requests, run_job
 from ._models import RequestDefaults, Result
@@ -57,6 +58,8 @@ def make_job(input: str, output: str | None = None, **options: Any) -> Job:
     if isinstance(defaults.get("stop"), (list, str)):
         stop = defaults["stop"]
         defaults["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+    if options.get("shard") is not None:
+        options["shard"] = Shard.parse(options["shard"])  # "I/N", (I, N) or a Shard
     return Job(
         input=os.fspath(input),
         output=os.fspath(output) if output is not None else None,

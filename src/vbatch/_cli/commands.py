@@ -14,7 +14,7 @@ import click
 import orjson
 
 from .._api import arun, run_sync
-from .._config import LaunchOptions
+from .._config import ORDERS, LaunchOptions, Order
 from .._engine.plan import plan_server
 from .._engine.server import VllmServer
 from .._errors import (
@@ -22,6 +22,7 @@ from .._errors import (
     FleetError,
     InputError,
     LaunchError,
+    MergeError,
     OutputError,
     RejectedError,
     ResumeError,
@@ -30,6 +31,7 @@ from .._errors import (
 )
 from .._job import RunSummary
 from .._output.files import check_writable
+from .._output.merge import merge
 from .._output.parquet import write_parquet
 from .._progress import choose_progress
 from .options import client_options, input_options, launch_options, output_options, request_options
@@ -48,6 +50,7 @@ EXIT_CODES: dict[type[VbatchError], int] = {
     ResumeError: 2,
     LaunchError: 2,  # the server vbatch starts could not be started: nothing sent
     RejectedError: 2,  # the server refused the job's first requests alike: the rest not sent
+    MergeError: 2,  # the shards do not add up to the input: nothing written
     FleetError: 3,  # no server could take requests any more: finished rows kept
     TransportError: 1,
 }
@@ -208,6 +211,48 @@ def serve_command(model: str | None, **options: Any) -> None:
         _fail(exc)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@cli.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The merged results file (replaced whole once every check passed).",
+)
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False),
+    metavar="INPUT",
+    help="The input the shards ran: checked to be that one, and a missing row is "
+    "named by its id and line [default: named by row number].",
+)
+@click.option("--order", type=click.Choice(ORDERS), default="completion", show_default=True,
+              help="Shard after shard, or in input order.")  # fmt: skip
+def merge_command(shards: tuple[str, ...], output: str, input_path: str | None, order: Order
+                  ) -> None:  # fmt: skip
+    """Put the outputs of `vbatch run --shard I/N` together into one output.
+
+    Checks first, from the state files beside each shard output, that they are all N shards of
+    one job and that every input row is in exactly one of them; a missing or twice-written row
+    fails the merge, naming it, and nothing is written. The merged output resumes like a single
+    run's: `vbatch run INPUT -o OUTPUT` on it sends nothing.
+
+    \b
+    Example (a Slurm array of 4):
+      vbatch run in.jsonl -o out.shard-$SLURM_ARRAY_TASK_ID.jsonl --shard $SLURM_ARRAY_TASK_ID/4
+      vbatch merge out.shard-*.jsonl -o out.jsonl
+    """
+    try:
+        summary = merge(list(shards), output, order=order, input=input_path)
+    except VbatchError as exc:
+        _fail(exc)
+    failed = f" ({summary.failed:,} of them error records)" if summary.failed else ""
+    click.echo(f"vbatch: {summary.rows:,} rows from {len(shards)} shards in {output}{failed}",
+               err=True)  # fmt: skip
 
 
 async def _until_interrupted(start: Callable[[asyncio.Event], Awaitable[T]]) -> T:

@@ -22,7 +22,9 @@ from .._config import (
     LaunchOptions,
 )
 from .._engine.plan import CPU_MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION
+from .._errors import ConfigError
 from .._input.requests import FieldMap
+from .._input.shard import Shard
 from .._job import Job
 
 __all__ = [
@@ -43,6 +45,13 @@ def _group(options: list[Decorator]) -> Decorator:
         return f
 
     return apply
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
+    try:
+        return None if value is None else Shard.parse(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -88,6 +97,10 @@ input_options = _group([
     click.option("--template", metavar="TEXT",
                  help="Build the prompt from columns with a Python format string, e.g. "
                       "'Translate to French: {text}'."),
+    click.option("--shard", callback=_shard, metavar="I/N",
+                 help="Run only shard I (from 0) of N: the rows whose id hashes there, into "
+                      "this run's own output (resumable on its own). For array jobs (Slurm, "
+                      "Kubernetes indexed Jobs); `vbatch merge` puts the N outputs together."),
 ])  # fmt: skip
 
 client_options = _group([
