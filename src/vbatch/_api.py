@@ -120,9 +120,11 @@ async def _session(
     client: ClientOptions,
     on_launch: OnLaunch | None = None,
     stop: asyncio.Event | None = None,
+    ray: str | None = None,
 ) -> AsyncIterator[tuple[Job, Dispatcher]]:
     """The dispatcher to run ``job`` with: the one given, one for ``base_url``, or one for vLLM
-    servers started (and stopped afterwards) for this job when neither is given."""
+    servers started (and stopped afterwards) for this job when neither is given: on this
+    machine, or with ``ray`` (an address; "" for ``$RAY_ADDRESS``) on a Ray cluster."""
     if dispatcher is not None:
         yield job, dispatcher
         return
@@ -130,22 +132,40 @@ async def _session(
     base_url = base_url or os.environ.get("VBATCH_BASE_URL")
     fleet: Fleet
     per_member: int | None = None
+    if base_url and ray is not None:
+        raise ConfigError("--base-url and --ray: servers of one's own, or servers on Ray")
     if base_url:
         if launch.given():
             raise ConfigError(f"{', '.join(launch.given())}: only for a server vbatch starts")
         fleet = StaticFleet(base_urls(base_url), client.down_timeout_s)
     else:
-        plan = await asyncio.to_thread(plan_server, job.defaults.model, preview_requests(job),
-                                       launch, job.defaults.max_tokens)  # fmt: skip
+        if ray is not None:
+            fleet, plan = await _ray_fleet(ray, job, launch, client)
+        else:
+            plan = await asyncio.to_thread(plan_server, job.defaults.model,
+                                           preview_requests(job), launch,
+                                           job.defaults.max_tokens)  # fmt: skip
+            fleet = LocalFleet(plan, on_launch, stop, launch.max_restarts)
         job = dataclasses.replace(
             job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
         )
         per_member = plan.concurrency // plan.replicas
-        fleet = LocalFleet(plan, on_launch, stop, launch.max_restarts)
     # The dispatcher starts the fleet (for vLLM it launches: requests flow once the first
     # replica is healthy) and stops it at the end.
     async with _dispatcher(fleet, client, window_per_member=per_member) as disp:
         yield job, disp
+
+
+async def _ray_fleet(
+    address: str, job: Job, launch: LaunchOptions, client: ClientOptions
+) -> tuple[Fleet, LaunchPlan]:
+    """A fleet on the Ray cluster at ``address`` and the plan of one of its servers."""
+    from ._fleet.ray import connect, plan_ray_fleet  # Ray is imported only when asked for
+
+    connect(address or None)
+    return await asyncio.to_thread(plan_ray_fleet, job.defaults.model, preview_requests(job),
+                                   launch, job.defaults.max_tokens,
+                                   client.down_timeout_s)  # fmt: skip
 
 
 def _client_options(
@@ -174,6 +194,7 @@ async def arun(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     down_timeout_s: float = DOWN_TIMEOUT_S,
     on_launch: OnLaunch | None = None,
+    ray: str | None = None,
     **options: Any,
 ) -> RunSummary:
     """Run a whole job and return its summary.
@@ -181,12 +202,16 @@ async def arun(
     Without ``base_url`` (or ``$VBATCH_BASE_URL``) or ``dispatcher``, vLLM is started for the
     job, sized for its data, and stopped at the end; launch options (``max_model_len``,
     ``tensor_parallel_size``, ``vllm_args``, ...) apply to it. A ``dispatcher`` passed in is left
-    open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``).
+    open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``). With
+    ``ray`` (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:PORT"``; ``""`` for ``$RAY_ADDRESS``)
+    the servers run on a Ray cluster instead: one per GPU (``replicas`` per GPU, or one per
+    ``tensor_parallel_size`` GPUs), one per node on CPUs; needs ``pip install 'vbatch[ray]'``.
     """
     client = _client_options(api_key, concurrency, timeout_s, max_attempts, down_timeout_s)
     launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
-    async with _session(job, base_url, dispatcher, launch, client, on_launch, stop) as (job, disp):
+    async with _session(job, base_url, dispatcher, launch, client, on_launch, stop,
+                        ray) as (job, disp):  # fmt: skip
         return await run_job(job, disp, progress, stop)
 
 
@@ -201,13 +226,14 @@ async def stream(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     down_timeout_s: float = DOWN_TIMEOUT_S,
+    ray: str | None = None,
     **options: Any,
 ) -> AsyncIterator[Result]:
     """Yield each ``Result`` as it completes (written to ``output`` first, when given)."""
     client = _client_options(api_key, concurrency, timeout_s, max_attempts, down_timeout_s)
     launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
-    async with _session(job, base_url, dispatcher, launch, client) as (job, disp):
+    async with _session(job, base_url, dispatcher, launch, client, ray=ray) as (job, disp):
         async for result in iter_results(job, disp):
             yield result
 

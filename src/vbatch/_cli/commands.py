@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -187,10 +188,14 @@ def serve_command(model: str | None, **options: Any) -> None:
     """Start a vLLM server, print its URL, and keep it until Ctrl-C.
 
     For reuse across several `vbatch run --base-url URL` calls. It listens on 127.0.0.1 unless
-    --host says otherwise; Ctrl-C stops it and every process it started.
+    --host says otherwise; Ctrl-C stops it and every process it started. With --ray it starts
+    the servers on a Ray cluster and prints their URLs (comma-separated, for --base-url) once
+    all are up; a server Ray restarts comes back at a new URL, which it prints too.
     """
     try:
         launch = LaunchOptions.pop_from(options)
+        if options.get("ray") is not None:
+            sys.exit(run_sync(_serve_on_ray(model, launch, options["ray"])))
         if launch.replicas is not None and launch.replicas > 1:
             raise UserError("serve starts one server; run several for replicas")
         plan = plan_server(model, None, dataclasses.replace(launch, replicas=1))
@@ -253,6 +258,33 @@ def merge_command(shards: tuple[str, ...], output: str, input_path: str | None, 
     failed = f" ({summary.failed:,} of them error records)" if summary.failed else ""
     click.echo(f"vbatch: {summary.rows:,} rows from {len(shards)} shards in {output}{failed}",
                err=True)  # fmt: skip
+
+
+async def _serve_on_ray(model: str | None, launch: LaunchOptions, address: str) -> int:
+    from .._fleet.ray import connect, plan_ray_fleet  # Ray is imported only when asked for
+
+    connect(address or None)
+    fleet, plan = await asyncio.to_thread(plan_ray_fleet, model, None, launch)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    try:
+        shown: tuple[str, ...] = ()
+        while not stop.is_set():
+            up = tuple(fleet.endpoints())
+            if (len(up) == fleet.shape.count and up != shown) or (shown and set(up) - set(shown)):
+                click.echo(f"vbatch: serving {plan.served_model} on {len(up)} Ray members",
+                           err=True)  # fmt: skip
+                click.echo(",".join(up))
+                shown = up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        click.echo("vbatch: stopping the servers...", err=True)
+        await fleet.stop()
+    return 0
 
 
 async def _until_interrupted(start: Callable[[asyncio.Event], Awaitable[T]]) -> T:

@@ -54,6 +54,16 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Sha
         raise click.BadParameter(str(exc)) from None
 
 
+def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # An option whose value may be left out takes the next word as its value unless it starts
+    # with "-": `--ray in.jsonl` would read the input as the address. Only address-like values
+    # pass, so that mistake is named instead of tried.
+    if value in (None, "", "auto") or (value and (value.startswith("ray://") or ":" in value)):
+        return value
+    raise click.BadParameter(f"{value!r} is not a Ray address (auto, HOST:PORT or "
+                             "ray://HOST:PORT); write --ray=ADDRESS, or --ray last")  # fmt: skip
+
+
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     if value is None:
         return {}
@@ -158,6 +168,13 @@ output_options = _group([
 ])  # fmt: skip
 
 launch_options = _group([
+    click.option("--ray", is_flag=False, flag_value="", default=None, callback=_ray_address,
+                 metavar="[ADDRESS]",
+                 help="Start the vLLM servers on a Ray cluster instead of this machine: one per "
+                      "GPU (--replicas per GPU, or one per --tensor-parallel-size GPUs), one "
+                      "per node on CPU-only nodes; Ray restarts a server that dies, on another "
+                      "node if its node died. ADDRESS: auto, HOST:PORT or ray://HOST:PORT "
+                      "[default: $RAY_ADDRESS, else auto]. Needs pip install 'vbatch[ray]'."),
     click.option("--max-model-len", type=click.IntRange(min=16),
                  help="Context size [default for run: longest prompt + max_tokens, from the "
                       "data]."),
