@@ -14,11 +14,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 from e2e.conftest import E2E_HOME
 
 LOOPBACK = "127.0.0.1"

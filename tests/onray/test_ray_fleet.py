@@ -15,9 +15,8 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import read_jsonl, write_jsonl
-
 from e2e.conftest import MAX_MODEL_LEN
+from helpers import read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.vllm
 
