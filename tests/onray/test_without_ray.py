@@ -59,7 +59,8 @@ def test_ray_and_base_url_exclude_each_other(server: FakeServer, tmp_path: Path)
 
 def test_members_get_the_drivers_model_settings_but_no_secret() -> None:
     env = {"VBATCH_HOME": "/m", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "2",
-           "HF_TOKEN": "hf_secret", "VLLM_API_KEY": "k", "OPENAI_API_KEY": "sk", "HOME": "/r"}  # fmt: skip
+           "HF_TOKEN": "hf_secret", "VLLM_API_KEY": "k", "OPENAI_API_KEY": "sk",
+           "HOME": "/r"}  # fmt: skip
     assert forwarded_env(env) == {"VBATCH_HOME": "/m", "HF_HUB_OFFLINE": "1",
                                   "VLLM_CPU_KVCACHE_SPACE": "2"}  # fmt: skip
 
