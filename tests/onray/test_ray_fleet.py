@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -126,14 +128,8 @@ def test_a_node_killed_mid_job_loses_nothing(ray_cluster: Any, tmp_path: Path) -
                      "--concurrency", "4", "--extra-body", '{"ignore_eos": true}',
                      f"--ray={ray_cluster.address}", "--quiet")  # fmt: skip
     try:
-        deadline = time.monotonic() + 400
-        while not (servers_under(worker_raylet) and _healthy(servers_under(worker_raylet)[0])
-                   and out.exists() and out.read_bytes().count(b"\n") >= 20):  # fmt: skip
-            assert run.poll() is None, run.communicate()[1]
-            assert time.monotonic() < deadline, "the worker node's member never served"
-            time.sleep(0.5)
+        victim = _serving(worker_raylet, out, run)
         assert out.read_bytes().count(b"\n") < len(SLOW_ROWS), "the job ended before the kill"
-        victim = servers_under(worker_raylet)[0]
         # The node goes: its raylet and everything Ray runs on it; its member's server with it.
         ray_cluster.remove_node(worker, allow_graceful=False)
         _, stderr = run.communicate(timeout=540)
@@ -148,6 +144,49 @@ def test_a_node_killed_mid_job_loses_nothing(ray_cluster: Any, tmp_path: Path) -
     assert all(r["usage"]["completion_tokens"] == 16 for r in records)
     summary = json.loads(metrics.read_text())
     assert summary["failed"] == 0
+
+
+def test_a_member_whose_server_dies_is_restarted_by_ray(ray_cluster: Any, tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", SLOW_ROWS)
+    out, metrics = tmp_path / "out.jsonl", tmp_path / "metrics.json"
+    (worker,) = ray_cluster.worker_nodes
+    worker_raylet = raylet_pid(worker)
+    # Two in flight: the job outlasts the restart (vLLM takes ~45 s to start here).
+    run = vbatch_run(str(inp), "-o", str(out), *GREEDY, "--metrics-json", str(metrics),
+                     "--concurrency", "2", "--extra-body", '{"ignore_eos": true}',
+                     f"--ray={ray_cluster.address}", "--quiet")  # fmt: skip
+    try:
+        victim = _serving(worker_raylet, out, run)
+        os.killpg(victim.pid, signal.SIGKILL)  # the server and its engine, no goodbye
+        deadline = time.monotonic() + 300
+        while not [p for p in servers_under(worker_raylet) if p.pid != victim.pid]:
+            assert run.poll() is None, "the job ended before Ray restarted the member"
+            assert time.monotonic() < deadline, "Ray did not restart the member"
+            time.sleep(0.5)
+        _, stderr = run.communicate(timeout=540)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    records = read_jsonl(out)
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in SLOW_ROWS)  # each once
+    assert all(r["error"] is None for r in records), [r for r in records if r["error"]][:3]
+    summary = json.loads(metrics.read_text())
+    assert summary["failed"] == 0 and summary["restarts"] >= 1
+
+
+def _serving(raylet: int, out: Path, run: subprocess.Popen[str]) -> psutil.Process:
+    """The server of the member under ``raylet``, once it is healthy and the job has written
+    20 rows."""
+    deadline = time.monotonic() + 400
+    while True:
+        servers = servers_under(raylet)
+        done = out.read_bytes().count(b"\n") if out.exists() else 0
+        if servers and done >= 20 and _healthy(servers[0]):
+            return servers[0]
+        assert run.poll() is None, run.communicate()[1]
+        assert time.monotonic() < deadline, "the member never served"
+        time.sleep(0.5)
 
 
 def _healthy(server: psutil.Process) -> bool:
