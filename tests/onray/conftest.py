@@ -10,12 +10,15 @@ server per node: two servers at most, which is what this machine's memory allows
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 from e2e.conftest import E2E_HOME
 
@@ -23,7 +26,15 @@ LOOPBACK = "127.0.0.1"
 
 
 def ray_env() -> dict[str, str]:
-    return {"RAY_USAGE_STATS_ENABLED": "0", "VBATCH_HOME": str(E2E_HOME), "HF_HUB_OFFLINE": "1"}
+    return {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray's memory monitor kills (and so restarts) the newest workers once the machine's
+        # memory is 95% used; on a machine shared with other test runs that is our members,
+        # over and over. The tests are about the deaths they cause themselves.
+        "RAY_memory_monitor_refresh_ms": "0",
+        "VBATCH_HOME": str(E2E_HOME),
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 @pytest.fixture
@@ -44,6 +55,24 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         cluster.add_node(**node)
         yield cluster
     finally:
+        servers = _vllm_servers()
         cluster.shutdown()
+        _end(servers)  # they end with their members; vLLM may take a few seconds to
         shutil.rmtree(temp_dir, ignore_errors=True)
-        os.environ.pop("RAY_ADDRESS", None)
+
+
+def _vllm_servers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "vllm.entrypoints.openai.api_server" in " ".join(proc.cmdline()):
+                found.append(proc)
+    return found
+
+
+def _end(servers: list[psutil.Process], grace_s: float = 30.0) -> None:
+    """Wait for ``servers`` to exit; then end what is left of each (its process group)."""
+    _, alive = psutil.wait_procs(servers, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
