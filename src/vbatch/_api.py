@@ -140,7 +140,7 @@ async def _session(
         fleet = StaticFleet(base_urls(base_url), client.down_timeout_s)
     else:
         if ray is not None:
-            fleet, plan = await _ray_fleet(ray, job, launch, client)
+            fleet, plan = await _ray_fleet(ray, job, launch, client, stop)
         else:
             plan = await asyncio.to_thread(plan_server, job.defaults.model,
                                            preview_requests(job), launch,
@@ -157,7 +157,11 @@ async def _session(
 
 
 async def _ray_fleet(
-    address: str, job: Job, launch: LaunchOptions, client: ClientOptions
+    address: str,
+    job: Job,
+    launch: LaunchOptions,
+    client: ClientOptions,
+    stop: asyncio.Event | None,
 ) -> tuple[Fleet, LaunchPlan]:
     """A fleet on the Ray cluster at ``address`` and the plan of one of its servers."""
     from ._fleet.ray import connect, plan_ray_fleet  # Ray is imported only when asked for
@@ -165,7 +169,7 @@ async def _ray_fleet(
     connect(address or None)
     return await asyncio.to_thread(plan_ray_fleet, job.defaults.model, preview_requests(job),
                                    launch, job.defaults.max_tokens,
-                                   client.down_timeout_s)  # fmt: skip
+                                   client.down_timeout_s, stop)  # fmt: skip
 
 
 def _client_options(

@@ -55,8 +55,10 @@ class RayFleet:
         down_timeout_s: float = DOWN_TIMEOUT_S,
         interval_s: float = HEALTH_INTERVAL_S,
         probe: Callable[[str], Awaitable[bool]] | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
-        """``shape`` from ``cluster.shape_members`` (after ``cluster.connect``)."""
+        """``shape`` from ``cluster.shape_members`` (after ``cluster.connect``); setting
+        ``stop`` while the first member starts ends start-up with ``KeyboardInterrupt``."""
         self.shape = shape
         self._args = (model, measure, options)
         self.max_restarts = options.max_restarts
@@ -72,6 +74,7 @@ class RayFleet:
         self._startup_error: LaunchError | None = None
         self._gone = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop_event = stop
 
     def __repr__(self) -> str:
         return f"RayFleet({self.shape.count} members, {self.shape.backend})"
@@ -93,13 +96,23 @@ class RayFleet:
             self.actors.append(actor)
         self._tasks = [asyncio.create_task(self._watch(k)) for k in range(self.shape.count)]
         self._tasks.append(asyncio.create_task(self._supervise()))
+        up = asyncio.ensure_future(self.roster.wait_up())
+        waits: set[asyncio.Future[Any]] = {up}
+        if self._stop_event is not None:
+            waits.add(asyncio.ensure_future(self._stop_event.wait()))
         try:
-            await self.roster.wait_up()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not up.done():
+                raise KeyboardInterrupt  # Ctrl-C while the servers start: the run is interrupted
+            up.result()
         except BaseException:
             await self.stop()
             if self._startup_error is not None:
                 raise self._startup_error from None  # as LocalFleet: the server's failure
             raise
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints

@@ -4,6 +4,7 @@ member then plans its own server with its node's facts (member.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable
 
@@ -26,6 +27,7 @@ def plan_ray_fleet(
     options: LaunchOptions,
     default_max_tokens: int | None = None,
     down_timeout_s: float = DOWN_TIMEOUT_S,
+    stop: asyncio.Event | None = None,
 ) -> tuple[RayFleet, LaunchPlan]:
     """The fleet for a cluster already joined (``cluster.connect``), and the plan of one of its
     servers as this driver sees it (``served_model``; ``concurrency`` per member)."""
@@ -40,4 +42,4 @@ def plan_ray_fleet(
     one = dataclasses.replace(options, replicas=shape.replicas)
     plan = plan_launch(files, measure, one, Machine(shape.backend))
     plan = dataclasses.replace(plan, concurrency=plan.concurrency // plan.replicas, replicas=1)
-    return RayFleet(shape, model, measure, options, down_timeout_s), plan
+    return RayFleet(shape, model, measure, options, down_timeout_s, stop=stop), plan
