@@ -160,6 +160,8 @@ def test_a_member_whose_server_dies_is_restarted_by_ray(ray_cluster: Any, tmp_pa
     try:
         victim = _serving(worker_raylet, out, run, rows=5)
         os.killpg(victim.pid, signal.SIGKILL)  # the server and its engine, no goodbye
+        # Ray starts the member again on its node, and with it a new server. (Whether that one
+        # is up before the job ends depends on the machine's speed: not asserted.)
         deadline = time.monotonic() + 300
         while not [p for p in servers_under(worker_raylet) if p.pid != victim.pid]:
             assert run.poll() is None, "the job ended before Ray restarted the member"
@@ -173,8 +175,7 @@ def test_a_member_whose_server_dies_is_restarted_by_ray(ray_cluster: Any, tmp_pa
     records = read_jsonl(out)
     assert sorted(r["id"] for r in records) == sorted(r["id"] for r in rows)  # each once
     assert all(r["error"] is None for r in records), [r for r in records if r["error"]][:3]
-    summary = json.loads(metrics.read_text())
-    assert summary["failed"] == 0 and summary["restarts"] >= 1
+    assert json.loads(metrics.read_text())["failed"] == 0
 
 
 def _serving(raylet: int, out: Path, run: subprocess.Popen[str], rows: int = 20) -> psutil.Process:
@@ -201,3 +202,15 @@ def _healthy(server: psutil.Process) -> bool:
                 with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
                     return bool(r.status == 200)
     return False
+
+
+def test_a_server_that_cannot_start_fails_the_run_with_its_log(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    run = vbatch_run(str(inp), "-o", str(tmp_path / "out.jsonl"), *GREEDY, "--model",
+                     str(tmp_path / "no-such-model"), f"--ray={ray_cluster.address}")  # fmt: skip
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 2, stderr  # nothing sent
+    assert "before it was ready" in stderr and "--- last lines of the log ---" in stderr
+    assert "no-such-model" in stderr

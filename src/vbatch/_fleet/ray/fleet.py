@@ -69,7 +69,7 @@ class RayFleet:
         self.roster = Roster()
         self.actors: list[Any] = []
         self.ready: dict[int, MemberReady] = {}  # each member's latest report, by index
-        self.restarts = 0
+        self.restarts = 0  # members back with a new server (counted once it is healthy)
         self._ever_up = False
         self._startup_error: LaunchError | None = None
         self._gone = 0
