@@ -125,6 +125,10 @@ def test_merge_refuses_a_missing_shard_and_shards_of_other_jobs(
     proc = merge_cli(str(paths[0]), str(paths[2]), "-o", str(tmp_path / "m.jsonl"))
     assert proc.returncode == 2
     assert f"shard 1/{SHARDS} not given" in proc.stderr
+    before = paths[0].read_bytes()
+    proc = merge_cli(*map(str, paths), "-o", str(paths[0]))
+    assert proc.returncode == 2 and "is one of the shards" in proc.stderr
+    assert paths[0].read_bytes() == before
 
     other = tmp_path / "other.shard-1.jsonl"
     args = run_args(server.base_url, inp, other, "--shard", f"1/{SHARDS}", "--temperature", "1")

@@ -75,6 +75,8 @@ def merge(
     """Write ``output`` from the shard outputs ``shards`` (any order); ``order="input"`` writes
     the records in input order, else shard after shard. ``MergeError`` when they do not add up."""
     check_choice("order", order, ORDERS)
+    if os.path.abspath(output) in {os.path.abspath(path) for path in shards}:
+        raise MergeError(f"{output} is one of the shards: merge into another file")
     parts, index, ordered = _check_jobs(shards)
     if input is not None and file_digest(input) != parts["input"]:
         raise MergeError(f"{input} is not the input these shards ran (its content differs)")
