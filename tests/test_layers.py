@@ -5,6 +5,9 @@ output side and the engine never reach into the client, and planning a server ne
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import vbatch
@@ -24,22 +27,27 @@ def _imports(path: Path, package: str) -> set[str]:
     """The vbatch modules ``path`` (in subpackage ``package``) imports, as dotted names below
     ``vbatch``."""
     found = set()
+    here = package.split(".")
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module is not None:
-            if node.level == 2:  # from ..x import y
-                found.add(node.module)
-            elif node.level == 1:  # from .x import y: the same subpackage
-                found.add(f"{package}.{node.module}")
+            if node.level:  # from .x (this subpackage), ..x (one up), ...x
+                found.add(".".join([*here[: len(here) - node.level + 1], node.module]))
             elif node.module.startswith("vbatch."):
                 found.add(node.module.removeprefix("vbatch."))
     return found
 
 
+def _modules(package: str) -> list[tuple[Path, str]]:
+    """(path, its subpackage as dotted name below vbatch) of every module below ``package``."""
+    return [(path, ".".join(path.parent.relative_to(ROOT).parts))
+            for path in sorted((ROOT / package).rglob("*.py"))]  # fmt: skip
+
+
 def test_each_part_imports_only_what_lies_upstream_of_it() -> None:
     wrong = []
     for package, allowed in ALLOWED.items():
-        for path in sorted((ROOT / package).glob("*.py")):
-            for module in _imports(path, package):
+        for path, sub in _modules(package):
+            for module in _imports(path, sub):
                 if module.split(".")[0] == package:
                     continue
                 if module not in allowed and module.split(".")[0] not in allowed:
@@ -47,34 +55,53 @@ def test_each_part_imports_only_what_lies_upstream_of_it() -> None:
     assert wrong == []
 
 
+def _top_level_imports(path: Path) -> set[str]:
+    """Top-level packages ``path`` imports at module level (not inside a function)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_ray_is_imported_only_inside_the_ray_fleet_and_only_when_asked_for() -> None:
+    outside = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+               if "ray" in _top_level_imports(p)]  # fmt: skip
+    assert outside == []  # not even _fleet/ray: it is imported without Ray too
+    mentions = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+                if re.search(r"^\s+(import ray|from ray[. ])", p.read_text(), re.M)}  # fmt: skip
+    assert mentions and all(m.startswith("_fleet/ray/") for m in mentions), mentions
+    code = ("import sys, vbatch, vbatch._cli.commands, vbatch._fleet.ray; "
+            "print('ray' in sys.modules)")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()  # fmt: skip
+    assert loaded == "False"
+
+
+def test_the_client_sees_only_the_fleet_seam() -> None:
+    for path, sub in _modules("_client"):
+        fleet = {m for m in _imports(path, sub) if m.startswith("_fleet")}
+        assert fleet <= {"_fleet.base"}, (path.name, fleet)
+
+
 def test_only_the_cli_reaches_the_service() -> None:
     """The Batch API service (``_service``) sits on top of the core: nothing in the core
     imports it, so the library works without its web dependencies."""
     wrong = []
     for path in sorted(ROOT.rglob("*.py")):
-        package = path.parent.relative_to(ROOT).parts[0] if path.parent != ROOT else ""
-        if package in ("_service", "_cli"):
+        sub = ".".join(path.parent.relative_to(ROOT).parts)
+        if sub.split(".")[0] in ("_service", "_cli"):
             continue
-        modules = _imports(path, package) if package else _top_level_imports(path)
-        wrong += [f"{path.relative_to(ROOT)} imports {m}" for m in modules
-                  if m.split(".")[0] == "_service"]  # fmt: skip
+        wrong += [f"{path.relative_to(ROOT)} imports {m}" for m in _imports(path, sub)
+                  if m.lstrip(".").split(".")[0] == "_service"]  # fmt: skip
     assert wrong == []
-    assert "_service" in _top_level_imports(ROOT / "_cli" / "api.py", "_cli")
-
-
-def _top_level_imports(path: Path, package: str = "") -> set[str]:
-    """Like ``_imports``, with imports inside functions (the CLI loads the service lazily)
-    and for modules at the package's top level (``from ._x import``)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module is not None:
-            if node.level == 1 and not package:
-                found.add(node.module)
-            elif node.level == 2 or (node.level == 1 and package):
-                found.add(node.module if node.level == 2 else f"{package}.{node.module}")
-    return {m.split(".")[0] for m in found}
+    assert any(m.startswith("_service") for m in _imports(ROOT / "_cli" / "api.py", "_cli"))
 
 
 def test_the_check_sees_imports() -> None:
     client = _imports(ROOT / "_client" / "dispatcher.py", "_client")
     assert "_config" in client and "_client.sender" in client
+    fleet = _imports(ROOT / "_fleet" / "ray" / "fleet.py", "_fleet.ray")
+    assert "_fleet.roster" in fleet and "_fleet.ray.member" in fleet and "_engine.sizing" in fleet

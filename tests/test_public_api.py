@@ -14,6 +14,7 @@ EXPECTED = {
     "RetryPolicy", "RichProgress", "RunSummary", "Stats", "StopAfterAttempt", "StopAfterDelay",
     "Transport", "TransportError", "VbatchError", "WaitExponentialJitter", "__version__",
     "arun", "connect", "iter_results", "make_job", "run", "run_job", "stream",
+    "MergeError", "MergeSummary", "merge",
 }  # fmt: skip
 
 
@@ -35,6 +36,6 @@ def test_private_modules_are_private() -> None:
 def test_one_exception_tree() -> None:
     errors = [vbatch.ConfigError, vbatch.FleetError, vbatch.InputError, vbatch.LaunchError,
               vbatch.OutputError, vbatch.RejectedError, vbatch.ResumeError,
-              vbatch.TransportError]  # fmt: skip
+              vbatch.TransportError, vbatch.MergeError]  # fmt: skip
     for error in errors:
         assert issubclass(error, vbatch.VbatchError), error

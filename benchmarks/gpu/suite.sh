@@ -21,6 +21,12 @@
 #                    prefix, chat, short), the whole command timed
 #   vb-SHAPE         vbatch run --model ... on that shape (vbatch's own plan), the whole command
 #   vbapi2-SHAPE     the same with two API server processes a replica (--api-server-count 2)
+#   ray-start        a one-node Ray cluster on this machine, on loopback (127.0.0.1:6380), for:
+#   ray-rN           launch-rN with Ray placing the N servers (--ray): N members of 1/N GPU each
+#   ray-stop         stop that cluster
+# Ray must be importable (python3 -c "import ray"); if the GPU image lacks it, carry its cp312
+# wheel and msgpack's in .gpu/site_whl as env.sh says. Start the cluster after env.sh is
+# sourced (this script does): its workers inherit PYTHONPATH, so the members import this vbatch.
 set -u
 # Stopped early (TERM/INT): take the running step's client down with the script (and so the
 # vLLM servers vbatch started, which die with it), or it runs on into the next command.
@@ -54,6 +60,9 @@ for step in "$@"; do
     launch-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch-r} --vbatch-args="--replicas ${step#launch-r}";;
     launch16) $B vbatch-launch --case vbatch_launch --max-tokens 16;;
     launch16-r*) $B vbatch-launch --case vbatch_launch_replicas${step#launch16-r} --max-tokens 16 --vbatch-args="--replicas ${step#launch16-r}";;
+    ray-start) python3 -m ray.scripts.scripts start --head --node-ip-address 127.0.0.1 --port 6380 --include-dashboard false --disable-usage-stats > /root/logs/ray_start.log 2>&1 || tail -40 /root/logs/ray_start.log;;
+    ray-r*) $B vbatch-launch --case vbatch_ray_replicas${step#ray-r} --vbatch-args="--replicas ${step#ray-r} --ray=127.0.0.1:6380";;
+    ray-stop) python3 -m ray.scripts.scripts stop --force > /root/logs/ray_stop.log 2>&1;;
     launch-api2) $B vbatch-launch --case vbatch_launch_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
   esac
 done

@@ -15,6 +15,7 @@ from ._errors import (
     FleetError,
     InputError,
     LaunchError,
+    MergeError,
     OutputError,
     RejectedError,
     ResumeError,
@@ -24,6 +25,7 @@ from ._errors import (
 from ._input.requests import FieldMap, RequestBuilder
 from ._job import Job, RunSummary, iter_results, run_job
 from ._models import ErrorInfo, PreparedRequest, RequestDefaults, Result
+from ._output.merge import MergeSummary, merge
 from ._progress import LogProgress, NullProgress, Progress, RichProgress
 
 __version__ = "0.1.0"
@@ -40,6 +42,8 @@ __all__ = [
     "Job",
     "LaunchError",
     "LogProgress",
+    "MergeError",
+    "MergeSummary",
     "MockTransport",
     "NullProgress",
     "OutputError",
@@ -66,6 +70,7 @@ __all__ = [
     "connect",
     "iter_results",
     "make_job",
+    "merge",
     "run",
     "run_job",
     "stream",

@@ -34,6 +34,7 @@ from ._fleet.base import Fleet, base_urls
 from ._fleet.local import LocalFleet
 from ._fleet.static import StaticFleet
 from ._input.requests import FieldMap
+from ._input.shard import Shard
 from ._input.sources import open_source
 from ._job import Job, RunSummary, iter_results, preview_requests, run_job
 from ._models import RequestDefaults, Result
@@ -57,6 +58,8 @@ def make_job(input: str, output: str | None = None, **options: Any) -> Job:
     if isinstance(defaults.get("stop"), (list, str)):
         stop = defaults["stop"]
         defaults["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+    if options.get("shard") is not None:
+        options["shard"] = Shard.parse(options["shard"])  # "I/N", (I, N) or a Shard
     return Job(
         input=os.fspath(input),
         output=os.fspath(output) if output is not None else None,
@@ -117,9 +120,11 @@ async def _session(
     client: ClientOptions,
     on_launch: OnLaunch | None = None,
     stop: asyncio.Event | None = None,
+    ray: str | None = None,
 ) -> AsyncIterator[tuple[Job, Dispatcher]]:
     """The dispatcher to run ``job`` with: the one given, one for ``base_url``, or one for vLLM
-    servers started (and stopped afterwards) for this job when neither is given."""
+    servers started (and stopped afterwards) for this job when neither is given: on this
+    machine, or with ``ray`` (an address; "" for ``$RAY_ADDRESS``) on a Ray cluster."""
     if dispatcher is not None:
         yield job, dispatcher
         return
@@ -127,27 +132,56 @@ async def _session(
     base_url = base_url or os.environ.get("VBATCH_BASE_URL")
     fleet: Fleet
     per_member: int | None = None
+    if base_url and ray is not None:
+        raise ConfigError("--base-url and --ray: servers of one's own, or servers on Ray")
     if base_url:
         if launch.given():
             raise ConfigError(f"{', '.join(launch.given())}: only for a server vbatch starts")
         fleet = StaticFleet(base_urls(base_url), client.down_timeout_s)
     else:
-        max_tokens = job.defaults.max_tokens
-        plan = await asyncio.to_thread(plan_first_rows, job.defaults.model,
-                                       preview_requests(job), launch, max_tokens)  # fmt: skip
+        if ray is not None:
+            fleet, plan = await _ray_fleet(ray, job, launch, client, stop)
+        else:
+            plan, fleet = await _local_fleet(job, launch, on_launch, stop)
         job = dataclasses.replace(
             job, defaults=dataclasses.replace(job.defaults, model=plan.served_model)
         )
         per_member = plan.concurrency // plan.replicas  # the same in a plan for all the rows
-
-        async def settle() -> LaunchPlan | None:  # the rest of the rows, while vLLM starts
-            return await asyncio.to_thread(replan, plan, preview_requests(job), launch, max_tokens)
-
-        fleet = LocalFleet(plan, on_launch, stop, launch.max_restarts, settle=settle)
     # The dispatcher starts the fleet (for vLLM it launches: requests flow once the first
     # replica is healthy) and stops it at the end.
     async with _dispatcher(fleet, client, window_per_member=per_member) as disp:
         yield job, disp
+
+
+async def _local_fleet(
+    job: Job, launch: LaunchOptions, on_launch: OnLaunch | None, stop: asyncio.Event | None
+) -> tuple[LaunchPlan, LocalFleet]:
+    """vLLM on this machine, started on the plan of the data's first rows; the rest is read
+    while it starts (``replan``)."""
+    max_tokens = job.defaults.max_tokens
+    plan = await asyncio.to_thread(plan_first_rows, job.defaults.model, preview_requests(job),
+                                   launch, max_tokens)  # fmt: skip
+
+    async def settle() -> LaunchPlan | None:
+        return await asyncio.to_thread(replan, plan, preview_requests(job), launch, max_tokens)
+
+    return plan, LocalFleet(plan, on_launch, stop, launch.max_restarts, settle=settle)
+
+
+async def _ray_fleet(
+    address: str,
+    job: Job,
+    launch: LaunchOptions,
+    client: ClientOptions,
+    stop: asyncio.Event | None,
+) -> tuple[Fleet, LaunchPlan]:
+    """A fleet on the Ray cluster at ``address`` and the plan of one of its servers."""
+    from ._fleet.ray import connect, plan_ray_fleet  # Ray is imported only when asked for
+
+    connect(address or None)
+    return await asyncio.to_thread(plan_ray_fleet, job.defaults.model, preview_requests(job),
+                                   launch, job.defaults.max_tokens,
+                                   client.down_timeout_s, stop)  # fmt: skip
 
 
 def _client_options(
@@ -176,6 +210,7 @@ async def arun(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     down_timeout_s: float = DOWN_TIMEOUT_S,
     on_launch: OnLaunch | None = None,
+    ray: str | None = None,
     **options: Any,
 ) -> RunSummary:
     """Run a whole job and return its summary.
@@ -183,12 +218,16 @@ async def arun(
     Without ``base_url`` (or ``$VBATCH_BASE_URL``) or ``dispatcher``, vLLM is started for the
     job, sized for its data, and stopped at the end; launch options (``max_model_len``,
     ``tensor_parallel_size``, ``vllm_args``, ...) apply to it. A ``dispatcher`` passed in is left
-    open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``).
+    open; setting ``stop`` ends the run early and cleanly (``summary.interrupted``). With
+    ``ray`` (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:PORT"``; ``""`` for ``$RAY_ADDRESS``)
+    the servers run on a Ray cluster instead: one per GPU (``replicas`` per GPU, or one per
+    ``tensor_parallel_size`` GPUs), one per node on CPUs; needs ``pip install 'vbatch[ray]'``.
     """
     client = _client_options(api_key, concurrency, timeout_s, max_attempts, down_timeout_s)
     launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
-    async with _session(job, base_url, dispatcher, launch, client, on_launch, stop) as (job, disp):
+    async with _session(job, base_url, dispatcher, launch, client, on_launch, stop,
+                        ray) as (job, disp):  # fmt: skip
         return await run_job(job, disp, progress, stop)
 
 
@@ -203,13 +242,14 @@ async def stream(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     down_timeout_s: float = DOWN_TIMEOUT_S,
+    ray: str | None = None,
     **options: Any,
 ) -> AsyncIterator[Result]:
     """Yield each ``Result`` as it completes (written to ``output`` first, when given)."""
     client = _client_options(api_key, concurrency, timeout_s, max_attempts, down_timeout_s)
     launch = LaunchOptions.pop_from(options)
     job = make_job(input, output, **options)
-    async with _session(job, base_url, dispatcher, launch, client) as (job, disp):
+    async with _session(job, base_url, dispatcher, launch, client, ray=ray) as (job, disp):
         async for result in iter_results(job, disp):
             yield result
 

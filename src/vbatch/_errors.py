@@ -9,6 +9,7 @@ __all__ = [
     "FleetError",
     "InputError",
     "LaunchError",
+    "MergeError",
     "OutputError",
     "RejectedError",
     "ResumeError",
@@ -69,3 +70,8 @@ class TransportError(VbatchError):
         self.code = code
         self.message = message
         self.endpoint = endpoint
+
+
+class MergeError(VbatchError):
+    """An array job's shard outputs do not add up to its input (a row missing or written twice,
+    a shard missing, shards of different jobs): nothing was written."""

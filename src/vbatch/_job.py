@@ -28,6 +28,7 @@ from ._config import (
 )
 from ._errors import TransportError
 from ._input.requests import FieldMap, RequestBuilder
+from ._input.shard import Shard
 from ._input.sources import open_source
 from ._input.validate import InputIndex, validate_input
 from ._models import PreparedRequest, RequestDefaults, Result
@@ -57,6 +58,7 @@ class Job:
     retry_failed: bool = False
     force: bool = False
     include_response: bool = False
+    shard: Shard | None = None  # only the rows of this shard (an array job's part)
 
     def __post_init__(self) -> None:
         check_choice("input_format", self.input_format, INPUT_FORMATS)
@@ -66,7 +68,7 @@ class Job:
 
     def fingerprint_parts(self, defaults: RequestDefaults, input_digest: str) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
-        return {
+        parts: dict[str, Any] = {
             "input": input_digest,
             "model": defaults.model,
             "endpoint": self.endpoint,
@@ -74,6 +76,9 @@ class Job:
             "fields": dataclasses.asdict(self.fields),
             "include_response": self.include_response,
         }
+        if self.shard is not None:  # absent otherwise: outputs of unsharded runs still resume
+            parts["shard"] = [self.shard.index, self.shard.count]
+        return parts
 
 
 def preview_requests(job: Job) -> Iterator[PreparedRequest]:
@@ -184,8 +189,13 @@ async def iter_results(
         else:
             previous, index = OutputState(), await asyncio.to_thread(validate)
         pending = pending_mask(index.digests, previous.done)
-        stats.total = index.rows
-        stats.skipped = index.rows - int(pending.sum())
+        rows = index.rows
+        if job.shard is not None:
+            mine = job.shard.mask(index.digests)
+            pending &= mine
+            rows = int(mine.sum())
+        stats.total = rows
+        stats.skipped = rows - int(pending.sum())
         if on_ready is not None:
             on_ready(stats, previous)
         requests = (builder.build(row) for row in source.rows(pending))

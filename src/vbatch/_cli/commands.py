@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -14,7 +15,7 @@ import click
 import orjson
 
 from .._api import arun, run_sync
-from .._config import LaunchOptions
+from .._config import ORDERS, LaunchOptions, Order
 from .._engine.plan import plan_server
 from .._engine.server import VllmServer
 from .._errors import (
@@ -22,6 +23,7 @@ from .._errors import (
     FleetError,
     InputError,
     LaunchError,
+    MergeError,
     OutputError,
     RejectedError,
     ResumeError,
@@ -30,6 +32,7 @@ from .._errors import (
 )
 from .._job import RunSummary
 from .._output.files import check_writable
+from .._output.merge import merge
 from .._output.parquet import write_parquet
 from .._progress import choose_progress
 from .options import client_options, input_options, launch_options, output_options, request_options
@@ -48,6 +51,7 @@ EXIT_CODES: dict[type[VbatchError], int] = {
     ResumeError: 2,
     LaunchError: 2,  # the server vbatch starts could not be started: nothing sent
     RejectedError: 2,  # the server refused the job's first requests alike: the rest not sent
+    MergeError: 2,  # the shards do not add up to the input: nothing written
     FleetError: 3,  # no server could take requests any more: finished rows kept
     TransportError: 1,
 }
@@ -184,10 +188,14 @@ def serve_command(model: str | None, **options: Any) -> None:
     """Start a vLLM server, print its URL, and keep it until Ctrl-C.
 
     For reuse across several `vbatch run --base-url URL` calls. It listens on 127.0.0.1 unless
-    --host says otherwise; Ctrl-C stops it and every process it started.
+    --host says otherwise; Ctrl-C stops it and every process it started. With --ray it starts
+    the servers on a Ray cluster and prints their URLs (comma-separated, for --base-url) once
+    all are up; a server Ray restarts comes back at a new URL, which it prints too.
     """
     try:
         launch = LaunchOptions.pop_from(options)
+        if options.get("ray") is not None:
+            sys.exit(run_sync(_serve_on_ray(model, launch, options["ray"])))
         if launch.replicas is not None and launch.replicas > 1:
             raise UserError("serve starts one server; run several for replicas")
         plan = plan_server(model, None, dataclasses.replace(launch, replicas=1))
@@ -208,6 +216,75 @@ def serve_command(model: str | None, **options: Any) -> None:
         _fail(exc)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@cli.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The merged results file (replaced whole once every check passed).",
+)
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False),
+    metavar="INPUT",
+    help="The input the shards ran: checked to be that one, and a missing row is "
+    "named by its id and line [default: named by row number].",
+)
+@click.option("--order", type=click.Choice(ORDERS), default="completion", show_default=True,
+              help="Shard after shard, or in input order.")  # fmt: skip
+def merge_command(shards: tuple[str, ...], output: str, input_path: str | None, order: Order
+                  ) -> None:  # fmt: skip
+    """Put the outputs of `vbatch run --shard I/N` together into one output.
+
+    Checks first, from the state files beside each shard output, that they are all N shards of
+    one job and that every input row is in exactly one of them; a missing or twice-written row
+    fails the merge, naming it, and nothing is written. The merged output resumes like a single
+    run's: `vbatch run INPUT -o OUTPUT` on it sends nothing.
+
+    \b
+    Example (a Slurm array of 4):
+      vbatch run in.jsonl -o out.shard-$SLURM_ARRAY_TASK_ID.jsonl --shard $SLURM_ARRAY_TASK_ID/4
+      vbatch merge out.shard-*.jsonl -o out.jsonl
+    """
+    try:
+        summary = merge(list(shards), output, order=order, input=input_path)
+    except VbatchError as exc:
+        _fail(exc)
+    failed = f" ({summary.failed:,} of them error records)" if summary.failed else ""
+    click.echo(f"vbatch: {summary.rows:,} rows from {len(shards)} shards in {output}{failed}",
+               err=True)  # fmt: skip
+
+
+async def _serve_on_ray(model: str | None, launch: LaunchOptions, address: str) -> int:
+    from .._fleet.ray import connect, plan_ray_fleet  # Ray is imported only when asked for
+
+    connect(address or None)
+    fleet, plan = await asyncio.to_thread(plan_ray_fleet, model, None, launch)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    try:
+        shown: tuple[str, ...] = ()
+        while not stop.is_set():
+            up = tuple(fleet.endpoints())
+            if (len(up) == fleet.shape.count and up != shown) or (shown and set(up) - set(shown)):
+                click.echo(f"vbatch: serving {plan.served_model} on {len(up)} Ray members",
+                           err=True)  # fmt: skip
+                click.echo(",".join(up))
+                shown = up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        click.echo("vbatch: stopping the servers...", err=True)
+        await fleet.stop()
+    return 0
 
 
 async def _until_interrupted(start: Callable[[asyncio.Event], Awaitable[T]]) -> T:

@@ -22,7 +22,9 @@ from .._config import (
     LaunchOptions,
 )
 from .._engine.plan import CPU_MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION
+from .._errors import ConfigError
 from .._input.requests import FieldMap
+from .._input.shard import Shard
 from .._job import Job
 
 __all__ = [
@@ -44,6 +46,23 @@ def _group(options: list[Decorator]) -> Decorator:
         return f
 
     return apply
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
+    try:
+        return None if value is None else Shard.parse(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # An option whose value may be left out takes the next word as its value unless it starts
+    # with "-": `--ray in.jsonl` would read the input as the address. Only address-like values
+    # pass, so that mistake is named instead of tried.
+    if value in (None, "", "auto") or (value and (value.startswith("ray://") or ":" in value)):
+        return value
+    raise click.BadParameter(f"{value!r} is not a Ray address (auto, HOST:PORT or "
+                             "ray://HOST:PORT); write --ray=ADDRESS, or --ray last")  # fmt: skip
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -89,6 +108,10 @@ input_options = _group([
     click.option("--template", metavar="TEXT",
                  help="Build the prompt from columns with a Python format string, e.g. "
                       "'Translate to French: {text}'."),
+    click.option("--shard", callback=_shard, metavar="I/N",
+                 help="Run only shard I (from 0) of N: the rows whose id hashes there, into "
+                      "this run's own output (resumable on its own). For array jobs (Slurm, "
+                      "Kubernetes indexed Jobs); `vbatch merge` puts the N outputs together."),
 ])  # fmt: skip
 
 client_options = _group([
@@ -145,6 +168,17 @@ output_options = _group([
     click.option("-q", "--quiet", is_flag=True, help="No progress and no summary."),
 ])  # fmt: skip
 
+# Where vbatch starts vLLM: this machine, or a Ray cluster (``vbatch run`` and ``serve``).
+ray_option = click.option(
+    "--ray", is_flag=False, flag_value="", default=None, callback=_ray_address,
+    metavar="[ADDRESS]",
+    help="Start the vLLM servers on a Ray cluster instead of this machine: one per GPU "
+         "(--replicas per GPU, or one per --tensor-parallel-size GPUs), one per node on "
+         "CPU-only nodes; Ray restarts a server that dies, on another node if its node died. "
+         "ADDRESS: auto, HOST:PORT or ray://HOST:PORT [default: $RAY_ADDRESS, else auto]. "
+         "Needs pip install 'vbatch[ray]'.",
+)  # fmt: skip
+
 # How vbatch starts vLLM, except where it listens (``vbatch api`` has a --host of its own).
 engine_options = _group([
     click.option("--max-model-len", type=click.IntRange(min=16),
@@ -160,8 +194,8 @@ engine_options = _group([
     click.option("--replicas", type=click.IntRange(min=1),
                  help="vLLM servers sharing the GPU(s), requests spread by load: for small "
                       "models whose engine loop (one CPU core each) is the limit [default on a "
-                      "GPU: 3 for models under ~0.5B weights, else 2, when their full batches "
-                      "fit with room to spare and there are 4 cores per replica; else 1]."),
+                      "GPU: 3 for models up to ~1.5B weights, else 2, where the job's working "
+                      "set fits each one's share and there are 4 cores per replica; else 1]."),
     click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
                  help="Share of GPU memory vLLM may take [default: "
                       f"{GPU_MEMORY_UTILIZATION} on GPU]."),
@@ -187,4 +221,4 @@ server_address_options = _group([
                  help="Port of the started server [default: a free one]."),
 ])  # fmt: skip
 
-launch_options = _group([engine_options, server_address_options])
+launch_options = _group([ray_option, engine_options, server_address_options])

@@ -1,0 +1,78 @@
+"""A real Ray cluster for the Ray tests: a head and one worker node on this machine, on loopback
+only, started by the tests and torn down after each.
+
+Kept on 127.0.0.1 by giving each node that address (``node_ip_address``; Ray's servers bind to
+the node's address) and no dashboard; usage stats off (they would call out). The driver (the
+``vbatch`` under test) joins by ``127.0.0.1:PORT``, which vbatch keeps on loopback
+(_fleet/ray/cluster.py says how). Each node offers one CPU, so the fleet places one CPU vLLM
+server per node: two servers at most, which is what this machine's memory allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from e2e.conftest import E2E_HOME
+
+LOOPBACK = "127.0.0.1"
+
+
+def ray_env() -> dict[str, str]:
+    return {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray's memory monitor kills (and so restarts) the newest workers once the machine's
+        # memory is 95% used; on a machine shared with other test runs that is our members,
+        # over and over. The tests are about the deaths they cause themselves.
+        "RAY_memory_monitor_refresh_ms": "0",
+        "VBATCH_HOME": str(E2E_HOME),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:  # a failure, not a skip: CI must run these
+        pytest.fail("the Ray tests need Ray: pip install -e '.[ray]' (make venv does)")
+    for name, value in ray_env().items():
+        monkeypatch.setenv(name, value)  # the nodes, started from here, inherit it
+    E2E_HOME.mkdir(parents=True, exist_ok=True)
+    # Short: Ray's unix sockets live below it, and their paths are limited to ~100 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="vbray-", dir="/tmp")
+    node: dict[str, Any] = {"node_ip_address": LOOPBACK, "num_cpus": 1, "temp_dir": temp_dir}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={**node, "include_dashboard": False})  # fmt: skip
+    try:
+        cluster.add_node(**node)
+        yield cluster
+    finally:
+        servers = _vllm_servers()
+        cluster.shutdown()
+        _end(servers)  # they end with their members; vLLM may take a few seconds to
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _vllm_servers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "vllm.entrypoints.openai.api_server" in " ".join(proc.cmdline()):
+                found.append(proc)
+    return found
+
+
+def _end(servers: list[psutil.Process], grace_s: float = 30.0) -> None:
+    """Wait for ``servers`` to exit; then end what is left of each (its process group)."""
+    _, alive = psutil.wait_procs(servers, timeout=grace_s)
+    for proc in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
