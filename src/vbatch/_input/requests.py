@@ -187,8 +187,9 @@ class RequestBuilder:
             what = f"{f.prompt_field!r}"
             if self.endpoint != "completions":
                 what += f" nor {f.messages_field!r}"
+            hint = "; to embed its 'input', pass --endpoint embeddings" if "input" in data else ""
             raise self._error(
-                row, f"row has neither {what} (nor an OpenAI Batch 'custom_id' and 'body')"
+                row, f"row has neither {what} (nor an OpenAI Batch 'custom_id' and 'body'){hint}"
             )
         self._check_model(row, body)
         return PreparedRequest(row.index, row_id, endpoint, body)
