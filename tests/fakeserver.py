@@ -538,7 +538,7 @@ class FakeServer:
         ]
         total = sum(tokens)
         usage = {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0,
-                 "prompt_tokens_details": None}  # fmt: skip
+                 "prompt_tokens_details": None, "completion_tokens_details": None}  # fmt: skip
         reply = {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
                  "model": self.model, "data": data, "usage": usage}  # fmt: skip
         return web.json_response(reply)

@@ -122,7 +122,8 @@ def test_the_fake_server_answers_like_vllm(server: FakeServer) -> None:
                for d in body["data"])  # fmt: skip
     assert body["data"][0]["embedding"] == embedding_of("a b")
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3, "completion_tokens": 0,
-                             "prompt_tokens_details": None}  # fmt: skip
+                             "prompt_tokens_details": None,
+                             "completion_tokens_details": None}  # fmt: skip
     missing = httpx.post(server.base_url + "/embeddings", json={"model": "smol"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "body.input"
 
