@@ -20,6 +20,10 @@ As a subprocess (the kill tests)::
 Knobs are plain attributes (in-process) or fields of ``POST /_control`` (both); counters are
 attributes and ``GET /_stats``.
 
+``POST /v1/embeddings`` answers like vLLM 0.32 serving a pooling model (``"object": "list"``,
+one ``data`` item per input, ``usage`` with prompt tokens only): each vector is a deterministic
+unit vector of ``EMBEDDING_DIMS`` floats made from its input's text (``embedding_of``).
+
 A row is identified, for scripting, by the body's ``request_id`` or ``user`` field when present,
 else by the first whitespace-separated word of its prompt (of the last message for chat). Script
 steps: an int status (200 = answer normally), ``(status, headers)``, ``(status, headers, body)``,
@@ -41,8 +45,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import http
 import json
+import math
 import random
 import socket
 import sys
@@ -59,6 +65,7 @@ __all__ = [
     "MODEL",
     "FakeServer",
     "completion_text",
+    "embedding_of",
     "error_body",
     "error_type",
     "overflow_error",
@@ -75,6 +82,7 @@ DEFAULT_MAX_MODEL_LEN = 2048
 DEFAULT_MAX_TOKENS = 16  # what a request without max_tokens gets (real vLLM: all the room left)
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
 ECHO_WORDS = 6  # how many words of the prompt the reply echoes
+EMBEDDING_DIMS = 8
 
 _ERROR_TYPES = {
     400: "BadRequestError",
@@ -148,8 +156,34 @@ def validation_message(loc: str, kind: str, msg: str, value: Any) -> str:
     return f"1 validation error:\n  {detail!r}"
 
 
+def _inputs(body: dict[str, Any]) -> list[str | list[int]]:
+    """An embeddings request's inputs, one per vector: str | list[str] | list[int] |
+    list[list[int]] as a list of texts or token-id lists."""
+    value = body.get("input")
+    if isinstance(value, str) or (isinstance(value, list) and value and type(value[0]) is int):
+        return [value]
+    return list(value) if isinstance(value, list) else []
+
+
+def embedding_of(item: str | list[int]) -> list[float]:
+    """The fake model's vector for one input: a unit vector from the hash of its text."""
+    text = item if isinstance(item, str) else " ".join(map(str, item))
+    raw = [b - 127.5 for b in hashlib.sha256(text.encode()).digest()[:EMBEDDING_DIMS]]
+    norm = math.sqrt(sum(v * v for v in raw))
+    return [v / norm for v in raw]
+
+
+def _item_tokens(item: str | list[int]) -> int:
+    return len(item) if isinstance(item, list) else len(item.split())
+
+
 def _prompt_text(body: dict[str, Any]) -> str:
-    """The text a request is about: its prompt, or the content of its last message."""
+    """The text a request is about: its prompt, the content of its last message, or its first
+    input (embeddings)."""
+    if "input" in body:
+        inputs = _inputs(body)
+        first = inputs[0] if inputs else ""
+        return first if isinstance(first, str) else " ".join(map(str, first))
     if "messages" in body:
         messages = body.get("messages") or [{}]
         content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
@@ -291,6 +325,7 @@ class FakeServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._generate)
         app.router.add_post("/v1/chat/completions", self._generate)
+        app.router.add_post("/v1/embeddings", self._generate)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/_stats", self._stats)
@@ -482,7 +517,35 @@ class FakeServer:
             )
         return None
 
+    def _embed(self, body: dict[str, Any]) -> web.Response:
+        """vLLM 0.32's /v1/embeddings reply (EmbeddingResponse), or its error reply."""
+        inputs = _inputs(body)
+        if not inputs:
+            loc = "body.input"
+            message = validation_message(loc, "missing", "Field required", body)
+            return _error(400, message, param=loc, type_="Bad Request")
+        model = body.get("model")
+        if model is not None and model != self.model:
+            message = f"The model `{model}` does not exist. Valid aliases: {self.model}."
+            return _error(404, message, param="model")
+        tokens = [_item_tokens(item) for item in inputs]
+        overflow = overflow_error(max(tokens), None, self.max_model_len)  # the same renderer
+        if overflow is not None:
+            return _error(400, overflow[0], param=overflow[1])
+        data = [
+            {"index": i, "object": "embedding", "embedding": embedding_of(item)}
+            for i, item in enumerate(inputs)
+        ]
+        total = sum(tokens)
+        usage = {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0,
+                 "prompt_tokens_details": None, "completion_tokens_details": None}  # fmt: skip
+        reply = {"id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                 "model": self.model, "data": data, "usage": usage}  # fmt: skip
+        return web.json_response(reply)
+
     def _answer(self, path: str, body: dict[str, Any]) -> web.Response:
+        if path.endswith("/embeddings"):
+            return self._embed(body)
         rejected = self._reject(path, body)
         if rejected is not None:
             return rejected

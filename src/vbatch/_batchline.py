@@ -3,6 +3,7 @@ line the request builder reads, the output line the records write, and how resum
 Parquet writer tell the two kinds of output apart.
 
   input:  {"custom_id": str, "method": "POST", "url": "/v1/chat/completions", "body": {...}}
+          (url also "/v1/completions" with a "prompt", "/v1/embeddings" with an "input")
   output: {"id": str, "custom_id": str,
            "response": {"status_code": int, "request_id": str | None, "body": {...}} | None,
            "error": {"code": str, "message": str} | None}
@@ -14,11 +15,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ._models import CHAT, COMPLETIONS, ErrorInfo
+from ._models import CHAT, COMPLETIONS, EMBEDDINGS, ErrorInfo
 
 __all__ = [
     "BATCH_URLS",
     "INPUT_KEYS",
+    "PAYLOAD_KEYS",
     "BatchInput",
     "is_output_line",
     "output_line",
@@ -27,13 +29,19 @@ __all__ = [
 ]
 
 # The endpoints a Batch line may name, and the path each is sent to below the API prefix.
-BATCH_URLS = {"/v1/completions": COMPLETIONS, "/v1/chat/completions": CHAT}
+BATCH_URLS = {
+    "/v1/completions": COMPLETIONS,
+    "/v1/chat/completions": CHAT,
+    "/v1/embeddings": EMBEDDINGS,
+}
+# The body key each endpoint cannot do without (vLLM's run_batch validates the body by url).
+PAYLOAD_KEYS = {COMPLETIONS: "prompt", CHAT: "messages", EMBEDDINGS: "input"}
 
 
 @dataclass(frozen=True, slots=True)
 class BatchInput:
     custom_id: str
-    endpoint: str  # COMPLETIONS or CHAT
+    endpoint: str  # COMPLETIONS, CHAT or EMBEDDINGS
     body: dict[str, Any]
 
 
@@ -56,7 +64,7 @@ def parse_input_line(data: dict[str, Any]) -> BatchInput:
     body = data["body"]
     if not isinstance(body, dict):
         raise ValueError("'body' must be a JSON object")
-    key = "prompt" if endpoint == COMPLETIONS else "messages"
+    key = PAYLOAD_KEYS[endpoint]
     if key not in body:
         raise ValueError(f"'body' of a {url} request needs {key!r}")
     return BatchInput(custom_id, endpoint, body)

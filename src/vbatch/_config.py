@@ -36,7 +36,7 @@ __all__ = [
 
 Order = Literal["completion", "input"]  # write results as they finish, or in input order
 OverflowPolicy = Literal["error", "clamp"]  # a row that overflows the context: record or shorten
-EndpointMode = Literal["auto", "completions", "chat"]
+EndpointMode = Literal["auto", "completions", "chat", "embeddings"]
 InputFormat = Literal["auto", "jsonl", "csv", "parquet"]
 Backend = Literal["cpu", "gpu"]
 

@@ -9,6 +9,7 @@ __all__ = ["ErrorInfo", "PreparedRequest", "RequestDefaults", "Result"]
 
 COMPLETIONS = "/completions"
 CHAT = "/chat/completions"
+EMBEDDINGS = "/embeddings"  # no output tokens: no max_tokens, overflow clamp or texts
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class PreparedRequest:
 
     index: int  # 0-based position among the input's rows
     id: str | int  # the row's id as given (an int stays an int in the output)
-    endpoint: str  # COMPLETIONS or CHAT, relative to the base URL
+    endpoint: str  # COMPLETIONS, CHAT or EMBEDDINGS, relative to the base URL
     body: dict[str, Any]
 
 

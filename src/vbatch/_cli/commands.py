@@ -124,6 +124,7 @@ def run_command(
     Input rows (JSONL), detected per file:
       {"id": ..., "prompt": "..."}                  -> /v1/completions
       {"id": ..., "messages": [...]}                -> /v1/chat/completions
+      {"id": ..., "input": "..."} + --endpoint embeddings -> /v1/embeddings
       {"custom_id": ..., "method": "POST", "url": "/v1/chat/completions", "body": {...}}
                                                     -> OpenAI Batch output lines
     Row keys that are request fields (max_tokens, temperature, seed, stop, ...) override

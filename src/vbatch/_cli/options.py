@@ -97,7 +97,8 @@ input_options = _group([
     click.option("--endpoint", type=click.Choice(ENDPOINT_MODES), default=Job.endpoint,
                  show_default=True,
                  help="auto: prompt rows -> /v1/completions, messages rows -> "
-                      "/v1/chat/completions; chat: send prompts as a user message."),
+                      "/v1/chat/completions; chat: send prompts as a user message; "
+                      "embeddings: embed each row's input (or prompt) via /v1/embeddings."),
     click.option("--id-field", metavar="NAME",
                  help="Column holding the row id [default: id; custom_id for OpenAI Batch "
                       "lines]. Rows without one get their line number."),

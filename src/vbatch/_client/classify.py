@@ -23,9 +23,9 @@ __all__ = ["Outcome", "classify"]
 # Not frozen: one is made per attempt, and a frozen dataclass costs more to make.
 @dataclass(slots=True)
 class Outcome:
-    """``error`` None: a usable completion in ``body``. Otherwise ``body`` is the server's error
-    reply (when there was one), ``retryable`` says whether another attempt may succeed, and
-    ``overflow`` is set when the request did not fit the model's context."""
+    """``error`` None: a usable completion (or embeddings) in ``body``. Otherwise ``body`` is
+    the server's error reply (when there was one), ``retryable`` says whether another attempt
+    may succeed, and ``overflow`` is set when the request did not fit the model's context."""
 
     status: int | None
     body: dict[str, Any] | None
@@ -50,7 +50,10 @@ def classify(
             parsed = orjson.loads(reply.content)
         except orjson.JSONDecodeError:
             parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("choices"), list):
+        # A completion has choices; an embedding reply (``"object": "list"``) has data.
+        if isinstance(parsed, dict) and (
+            isinstance(parsed.get("choices"), list) or isinstance(parsed.get("data"), list)
+        ):
             shortened = None if max_model_len is None else _shortened(sent, parsed, max_model_len)
             return Outcome(200, parsed, shortened_to=shortened)
         message = f"HTTP 200 with an unreadable body: {reply.content[:200]!r}"

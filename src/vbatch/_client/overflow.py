@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from .._errors import TransportError
-from .._models import CHAT, PreparedRequest
+from .._models import CHAT, EMBEDDINGS, PreparedRequest
 from .server_info import ServerInfo
 from .transport import Transport
 
@@ -74,7 +74,10 @@ async def room_for_output(
     request: PreparedRequest, overflow: Overflow, server: ServerInfo, transport: Transport
 ) -> int | None:
     """The largest max_tokens that fits: from the error message, else asked of the server;
-    None when it cannot be told or the prompt alone overflows."""
+    None when it cannot be told or the prompt alone overflows, and for an embedding (it
+    generates nothing, so there is no output to shorten)."""
+    if request.endpoint == EMBEDDINGS:
+        return None
     fit = overflow.fitting_max_tokens()
     if fit is not None:
         return fit

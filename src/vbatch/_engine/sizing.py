@@ -5,7 +5,8 @@
 counted with the model's own tokenizer (``tokenizer.json``, of a local folder or from the Hugging
 Face Hub), in batches the Rust tokenizer spreads over the cores, skipping those whose UTF-8
 length cannot beat the longest found so far (a byte-level BPE token is at least one byte). Chat
-rows add a bound for the chat template's tokens.
+rows add a bound for the chat template's tokens. An embeddings row is its ``input`` (the longest
+of a list: each item is its own sequence) and asks for no output tokens.
 
 The launch plan also wants what a typical row holds (how many sequences fit a KV cache), so the
 first ``SAMPLE_ROWS`` rows are all counted and their means kept. The launcher plans from those
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._models import CHAT, PreparedRequest
+from .._models import CHAT, EMBEDDINGS, PreparedRequest
 
 __all__ = ["InputMeasure", "measure_requests"]
 
@@ -73,9 +74,22 @@ def _load_tokenizer(model_dir: Path | None) -> Callable[[list[str]], list[int]] 
     return lambda texts: [len(e.ids) for e in encode(texts, add_special_tokens=True)]
 
 
-def _text_of(body: dict[str, Any], chat: bool) -> tuple[str | list[int], int]:
+def _longest_input(value: str | list[Any]) -> str | list[int]:
+    """The sequence of an embeddings ``input`` that needs the most context: the input itself,
+    or of a list of texts (or of token-id lists) the longest by UTF-8 bytes (or ids)."""
+    if isinstance(value, str) or not value or type(value[0]) is int:
+        return value
+    longest: str | list[int] = max(
+        value, key=lambda v: len(v.encode("utf-8")) if isinstance(v, str) else len(v)
+    )
+    return longest
+
+
+def _text_of(body: dict[str, Any], endpoint: str) -> tuple[str | list[int], int]:
     """(text to count, fixed overhead tokens) of one request body."""
-    if not chat:
+    if endpoint == EMBEDDINGS:
+        return _longest_input(body["input"]), 0
+    if endpoint != CHAT:
         return body["prompt"], 0
     messages = body["messages"]
     parts = []
@@ -126,9 +140,11 @@ def measure_requests(
             break
         body = request.body
         m.rows += 1
-        text, overhead = _text_of(body, request.endpoint == CHAT)
+        text, overhead = _text_of(body, request.endpoint)
         wanted = body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens
-        if not isinstance(wanted, int):
+        if request.endpoint == EMBEDDINGS:
+            wanted = 0  # an embedding generates nothing: its need is its input
+        elif not isinstance(wanted, int):
             wanted = None
         sampled = m.rows <= SAMPLE_ROWS
         if isinstance(text, list):

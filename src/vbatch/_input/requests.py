@@ -5,7 +5,9 @@ Three row shapes, detected per file from the first row:
   * ``{"id", "messages": [...], ...}``   -> POST /chat/completions
   * ``{"custom_id", "method", "url", "body"}`` (an OpenAI Batch line) -> the line's url
 Keys of a prompt/messages row that are request-body fields override the job's defaults for that
-row; other keys (metadata columns) are not sent.
+row; other keys (metadata columns) are not sent. With ``--endpoint embeddings`` a row's
+``input`` (else its prompt column or template) is embedded: POST /embeddings, whose body takes
+the job's model and extra body but none of its sampling defaults.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .._batchline import INPUT_KEYS, parse_input_line
+from .._batchline import INPUT_KEYS, PAYLOAD_KEYS, parse_input_line
 from .._config import EndpointMode
 from .._errors import InputError
-from .._models import CHAT, COMPLETIONS, PreparedRequest, RequestDefaults
+from .._models import CHAT, COMPLETIONS, EMBEDDINGS, PreparedRequest, RequestDefaults
 from .sources import RawRow
 
-__all__ = ["BODY_FIELDS", "FieldMap", "RequestBuilder"]
+__all__ = ["BODY_FIELDS", "EMBEDDING_FIELDS", "FieldMap", "RequestBuilder"]
 
 # Request-body fields of vLLM's /v1/completions and /v1/chat/completions that a row may set.
 BODY_FIELDS = frozenset(
@@ -42,8 +44,16 @@ BODY_FIELDS = frozenset(
 )  # fmt: skip
 
 
+# Request-body fields of vLLM's /v1/embeddings that a plain row may set.
+EMBEDDING_FIELDS = frozenset(
+    {
+        "model", "dimensions", "encoding_format", "user", "truncate_prompt_tokens",
+        "add_special_tokens", "priority", "request_id", "use_activation", "embed_dtype",
+    }
+)  # fmt: skip
+
 # A job's --endpoint, where it names one: an OpenAI Batch line must then name it too.
-_MODE_ENDPOINTS = {"completions": COMPLETIONS, "chat": CHAT}
+_MODE_ENDPOINTS = {"completions": COMPLETIONS, "chat": CHAT, "embeddings": EMBEDDINGS}
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,9 @@ class RequestBuilder:
         self.fields = fields or FieldMap()
         self.endpoint = endpoint
         self._base = defaults.body_fields()
+        # Sampling defaults mean nothing to an embedding model: only the model and extra body.
+        self._embed_base = {k: v for k, v in self._base.items() if k == "model"}
+        self._embed_base.update(defaults.extra_body)
         self.require_model = require_model
         self.model_hint = model_hint
         self.served = served
@@ -117,9 +130,10 @@ class RequestBuilder:
         if wanted is not None and line.endpoint != wanted:
             raise self._error(row, f"'url' is {row.data.get('url')!r} but this job's endpoint "
                                    f"is {self.endpoint} (/v1{wanted})")  # fmt: skip
-        key = "prompt" if line.endpoint == COMPLETIONS else "messages"
+        key = PAYLOAD_KEYS[line.endpoint]
         self._check_payload(row, key, line.body[key])
-        merged = {**self._base, **line.body}
+        base = self._embed_base if line.endpoint == EMBEDDINGS else self._base
+        merged = {**base, **line.body}
         if self.force_model:
             merged["model"] = self.defaults.model
         self._check_model(row, merged)
@@ -128,9 +142,11 @@ class RequestBuilder:
     def _from_row(self, row: RawRow) -> PreparedRequest:
         data, f = row.data, self.fields
         row_id = self._row_id(row, f.id_field or "id")
-        body = dict(self._base)
+        embed = self.endpoint == "embeddings"
+        body = dict(self._embed_base if embed else self._base)
+        fields = EMBEDDING_FIELDS if embed else BODY_FIELDS
         for key, value in data.items():
-            if key in BODY_FIELDS:
+            if key in fields:
                 body[key] = value
         if self.force_model:
             body["model"] = self.defaults.model
@@ -145,6 +161,14 @@ class RequestBuilder:
         else:
             prompt = data.get(f.prompt_field)
             messages = data.get(f.messages_field)
+        if embed:
+            text = prompt if f.template is not None else data.get("input", prompt)
+            if text is None:
+                raise self._error(row, f"row has neither 'input' nor {f.prompt_field!r} to embed")
+            self._check_payload(row, "input", text)
+            body["input"] = text
+            self._check_model(row, body)
+            return PreparedRequest(row.index, row_id, EMBEDDINGS, body)
         if messages is not None and self.endpoint != "completions":
             self._check_payload(row, "messages", messages)
             endpoint = CHAT
@@ -163,8 +187,9 @@ class RequestBuilder:
             what = f"{f.prompt_field!r}"
             if self.endpoint != "completions":
                 what += f" nor {f.messages_field!r}"
+            hint = "; to embed its 'input', pass --endpoint embeddings" if "input" in data else ""
             raise self._error(
-                row, f"row has neither {what} (nor an OpenAI Batch 'custom_id' and 'body')"
+                row, f"row has neither {what} (nor an OpenAI Batch 'custom_id' and 'body'){hint}"
             )
         self._check_model(row, body)
         return PreparedRequest(row.index, row_id, endpoint, body)
@@ -176,6 +201,12 @@ class RequestBuilder:
         return [{"role": "system", "content": system}, *messages]
 
     def _check_payload(self, row: RawRow, key: str, value: Any) -> None:
+        if key == "input":
+            if not _embeddable(value):
+                raise self._error(
+                    row, "'input' must be a non-empty string, a list of them, or token ids "
+                         "(a list of ints, or a list of such lists)")  # fmt: skip
+            return
         if key == "prompt":
             if isinstance(value, str):
                 if not value:
@@ -204,3 +235,17 @@ class RequestBuilder:
                 f"model {model!r} is not served here (the server serves "
                 f"{', '.join(map(repr, served))}); --model NAME sends every row to NAME",
             )
+
+
+def _embeddable(value: Any) -> bool:
+    """What vLLM's /v1/embeddings takes as ``input``: str | list[str] | list[int] |
+    list[list[int]], none of them empty."""
+    if isinstance(value, str):
+        return bool(value)
+    if not isinstance(value, list) or not value:
+        return False
+    if all(type(v) is int for v in value):
+        return True
+    if all(isinstance(v, str) and v != "" for v in value):
+        return True
+    return all(isinstance(v, list) and v and all(type(t) is int for t in v) for v in value)

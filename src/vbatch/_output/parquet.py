@@ -3,7 +3,8 @@
 The JSONL stays the record of truth (crash-safe, resumable); the Parquet file is written from it
 in batches once the run is over, and appears whole (written aside, then renamed). Columns are
 typed and flat; ``text`` and ``finish_reason`` are lists (one item per choice) so that ``n > 1``
-fits the same schema.
+fits the same schema; ``embedding`` likewise holds one vector per input of an embeddings row
+(float ones: ``encoding_format`` base64 stays JSONL).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def _schema() -> Any:
         ("completion_tokens", pa.int64()), ("error_code", pa.string()),
         ("error_message", pa.string()), ("error_status", pa.int64()), ("attempts", pa.int64()),
         ("latency_s", pa.float64()), ("clamped_max_tokens", pa.int64()),
+        ("embedding", pa.list_(pa.list_(pa.float32()))),
     ])  # fmt: skip
 
 
@@ -52,6 +54,12 @@ def _rows(path: str) -> Iterator[dict[str, Any]]:
                 raise OutputError(f"{path}:{line_no}: --parquet applies to vbatch records; "
                                   "OpenAI Batch output stays JSONL")  # fmt: skip
             usage = rec.get("usage") or {}
+            embedding = rec.get("embedding")
+            if isinstance(embedding, list) and embedding and not isinstance(embedding[0], list):
+                embedding = [embedding]  # one input: one vector
+            if embedding is not None and not all(isinstance(v, list) for v in embedding):
+                raise OutputError(f"{path}:{line_no}: --parquet holds float embeddings; "
+                                  "base64 ones stay JSONL")  # fmt: skip
             error = rec.get("error") or {}
             yield {
                 "id": str(rec["id"]),
@@ -65,6 +73,7 @@ def _rows(path: str) -> Iterator[dict[str, Any]]:
                 "attempts": rec.get("attempts"),
                 "latency_s": rec.get("latency_s"),
                 "clamped_max_tokens": rec.get("clamped_max_tokens"),
+                "embedding": embedding,
             }
 
 

@@ -8,9 +8,15 @@ from typing import Any
 import orjson
 
 from .._batchline import is_output_line, output_line, output_line_status
-from .._models import CHAT, Result
+from .._models import CHAT, EMBEDDINGS, Result
 
-__all__ = ["format_batch_line", "format_record", "read_record_status", "result_texts"]
+__all__ = [
+    "format_batch_line",
+    "format_record",
+    "read_record_status",
+    "result_embeddings",
+    "result_texts",
+]
 
 
 def result_texts(result: Result) -> tuple[list[Any], list[Any]]:
@@ -24,13 +30,30 @@ def result_texts(result: Result) -> tuple[list[Any], list[Any]]:
     return texts, [c.get("finish_reason") for c in choices]
 
 
+def result_embeddings(result: Result) -> list[Any]:
+    """The vectors of a successful embeddings result, in input order (one per input)."""
+    assert result.body is not None
+    data = sorted(result.body.get("data") or (), key=lambda d: d.get("index", 0))
+    return [d.get("embedding") for d in data]
+
+
 def format_record(result: Result, include_response: bool = False) -> bytes:
     """vbatch's line: id, text (a list when n > 1), finish_reason, usage, error, attempts,
-    latency_s, clamped_max_tokens (the lowered max_tokens when --on-overflow clamp acted)."""
-    if result.error is None:
+    latency_s, clamped_max_tokens (the lowered max_tokens when --on-overflow clamp acted).
+    An embeddings row has ``embedding`` (a list of them when its input was a list of several)
+    in place of text and finish_reason."""
+    if result.endpoint == EMBEDDINGS:
+        vectors = result_embeddings(result) if result.error is None else None
+        record: dict[str, Any] = {
+            "id": result.id,
+            "embedding": vectors[0] if vectors is not None and len(vectors) == 1 else vectors,
+            "usage": result.body.get("usage") if result.error is None and result.body else None,
+            "error": None if result.error is None else result.error.to_dict(),
+        }
+    elif result.error is None:
         texts, reasons = result_texts(result)
         assert result.body is not None
-        record: dict[str, Any] = {
+        record = {
             "id": result.id,
             "text": texts[0] if len(texts) == 1 else texts,
             "finish_reason": reasons[0] if len(reasons) == 1 else reasons,

@@ -23,6 +23,7 @@ __all__ = ["ENDPOINTS", "Validation", "default_model", "validate_batch"]
 ENDPOINTS: dict[str, EndpointMode] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
 }
 
 
