@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,9 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         pytest.fail("the Ray tests need Ray: pip install -e '.[ray]' (make venv does)")
     for name, value in ray_env().items():
         monkeypatch.setenv(name, value)  # the nodes, started from here, inherit it
+    # ... and this mark, which the servers' engine processes inherit too: see _end_marked.
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("VBATCH_TEST_MARK", mark)
     E2E_HOME.mkdir(parents=True, exist_ok=True)
     # Short: Ray's unix sockets live below it, and their paths are limited to ~100 bytes.
     temp_dir = tempfile.mkdtemp(prefix="vbray-", dir="/tmp")
@@ -58,6 +62,7 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         servers = _vllm_servers()
         cluster.shutdown()
         _end(servers)  # they end with their members; vLLM may take a few seconds to
+        _end_marked(mark)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -76,3 +81,19 @@ def _end(servers: list[psutil.Process], grace_s: float = 30.0) -> None:
     for proc in alive:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _end_marked(mark: str) -> None:
+    """End whatever this cluster started that is still running: a node removed mid-test takes
+    its vLLM API server down (it dies with its actor), but on one machine the server's engine
+    process lives on, reparented to init, holding its KV cache's memory (a real node's death
+    takes it along)."""
+    left = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.environ().get("VBATCH_TEST_MARK") == mark:
+                left.append(proc)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(left, timeout=10)
