@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 from .._config import HEALTH_INTERVAL_S, MAX_RESTARTS
 from .._engine.plan import LaunchPlan
 from .._engine.server import VllmServer, free_port
+from .._errors import FleetError
 from .._tasks import cancel_and_wait
 from .base import FleetStatus
 from .replica import Replica, Supervision
@@ -102,24 +102,13 @@ class LocalFleet:
         if self._on_launch is not None:
             self._on_launch(self.plan, self.servers)
         self._watchers = [asyncio.create_task(r.watch(r in first)) for r in self.replicas]
-        up = asyncio.ensure_future(self.roster.wait_up())
-        waits: set[asyncio.Future[Any]] = {up}
-        if self._stop is not None:
-            waits.add(asyncio.ensure_future(self._stop.wait()))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if not up.done():
-                # Ctrl-C while vLLM starts: stop what started, and the run ends as interrupted.
-                raise KeyboardInterrupt
-            if self.shared.startup_error is not None:
-                raise self.shared.startup_error  # as before supervision: the server's failure
-            up.result()
-        except BaseException:
+            await self.roster.wait_up_unless(self._stop)
+        except BaseException as exc:
             await self.stop()
+            if isinstance(exc, FleetError) and self.shared.startup_error is not None:
+                raise self.shared.startup_error from None  # the server's failure, with its log
             raise
-        finally:
-            for wait in waits:
-                wait.cancel()
 
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints

@@ -96,23 +96,13 @@ class RayFleet:
             self.actors.append(actor)
         self._tasks = [asyncio.create_task(self._watch(k)) for k in range(self.shape.count)]
         self._tasks.append(asyncio.create_task(self._supervise()))
-        up = asyncio.ensure_future(self.roster.wait_up())
-        waits: set[asyncio.Future[Any]] = {up}
-        if self._stop_event is not None:
-            waits.add(asyncio.ensure_future(self._stop_event.wait()))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if not up.done():
-                raise KeyboardInterrupt  # Ctrl-C while the servers start: the run is interrupted
-            up.result()
+            await self.roster.wait_up_unless(self._stop_event)
         except BaseException:
             await self.stop()
             if self._startup_error is not None:
                 raise self._startup_error from None  # as LocalFleet: the server's failure
             raise
-        finally:
-            for wait in waits:
-                wait.cancel()
 
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints
