@@ -1,11 +1,12 @@
-"""A real Ray cluster for the Ray tests: a head and one worker node on this machine, on loopback
+"""A real Ray cluster for the Ray tests: a head and two worker nodes on this machine, on loopback
 only, started by the tests and torn down after each.
 
 Kept on 127.0.0.1 by giving each node that address (``node_ip_address``; Ray's servers bind to
 the node's address) and no dashboard; usage stats off (they would call out). The driver (the
 ``vbatch`` under test) joins by ``127.0.0.1:PORT``, which vbatch keeps on loopback
-(_fleet/ray/cluster.py says how). Each node offers one CPU, so the fleet places one CPU vLLM
-server per node: two servers at most, which is what this machine's memory allows.
+(_fleet/ray/cluster.py says how). Each worker offers one CPU, so the fleet places one CPU vLLM
+server per worker: two servers at most, which is what this machine's memory allows. The head
+offers none, so that the tests can remove either member's node (a cluster keeps its head).
 """
 
 from __future__ import annotations
@@ -52,11 +53,17 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     E2E_HOME.mkdir(parents=True, exist_ok=True)
     # Short: Ray's unix sockets live below it, and their paths are limited to ~100 bytes.
     temp_dir = tempfile.mkdtemp(prefix="vbray-", dir="/tmp")
-    node: dict[str, Any] = {"node_ip_address": LOOPBACK, "num_cpus": 1, "temp_dir": temp_dir}
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={**node, "include_dashboard": False})  # fmt: skip
+    # Ray notes the newest cluster's address in TMP/ray, where a user's own `ray.init()` would
+    # find it: this one's note stays in this cluster's folder (without RAY_TMPDIR: /tmp/ray,
+    # which Ray expects to exist).
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    os.mkdir(os.path.join(temp_dir, "ray"))
+    node: dict[str, Any] = {"node_ip_address": LOOPBACK, "temp_dir": temp_dir}
+    head = {**node, "num_cpus": 0, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
-        cluster.add_node(**node)
+        for _ in range(2):
+            cluster.add_node(**node, num_cpus=1)
         yield cluster
     finally:
         servers = _vllm_servers()
