@@ -92,13 +92,18 @@ class FastRetry:
 # -- a stand-in for vLLM ------------------------------------------------------------------------
 
 # A stand-in for vLLM's API server: forks a child (as vLLM forks its engine), then either
-# serves /health or dies, as told.
+# serves /health or dies, as told. "deaf-MODE": MODE, ignoring SIGTERM (as vLLM's API process
+# does while it waits for its engine to start).
 FAKE_VLLM = """
-import http.server, os, sys, time
+import http.server, os, signal, sys, time
 mode, port = sys.argv[1], int(sys.argv[2])
 if os.fork() == 0:
     time.sleep(600)  # the "engine": must not outlive the server
     sys.exit(0)
+if mode.startswith("deaf-"):
+    mode = mode.removeprefix("deaf-")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("deaf to SIGTERM", flush=True)
 if mode == "die":
     print("ValueError: model path does-not-exist is not valid", flush=True)
     sys.exit(3)

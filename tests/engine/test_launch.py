@@ -14,6 +14,7 @@ from helpers import FakeSpec
 
 from vbatch import Job, LaunchError, make_job
 from vbatch._config import LaunchOptions
+from vbatch._engine import server as server_module
 from vbatch._engine import sizing
 from vbatch._engine.machine import Machine, detect_backend
 from vbatch._engine.model import approx_params, kv_bytes_per_token
@@ -63,6 +64,29 @@ def test_health_deadline(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="not healthy within 2s"):
         server.wait_healthy(poll_s=0.1)
     assert _descendants_gone([pid])
+
+
+@pytest.mark.parametrize("served", [False, True])
+def test_a_server_deaf_to_sigterm_is_killed_after_its_grace(
+    served: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One that never answered /health has nothing to finish: the short grace; one that
+    # served: the long one.
+    monkeypatch.setattr(server_module, "STOP_GRACE_S", 2.0)
+    monkeypatch.setattr(server_module, "STARTING_STOP_GRACE_S", 0.1)
+    log = tmp_path / "log"
+    server = VllmServer(FakeSpec(model="deaf-ok" if served else "deaf-unhealthy"), log_path=log)
+    server.start()
+    assert server.proc is not None
+    while "deaf to SIGTERM" not in log.read_text():
+        time.sleep(0.05)
+    if served:
+        server.wait_healthy(poll_s=0.05)
+    family = [server.proc.pid] + [c.pid for c in psutil.Process(server.proc.pid).children()]
+    started = time.monotonic()
+    server.stop()
+    assert (time.monotonic() - started >= 2.0) == served
+    assert _descendants_gone(family)
 
 
 def test_spec_argv_passes_settings_and_extra_flags() -> None:

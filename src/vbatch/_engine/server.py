@@ -22,7 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._config import DEFAULT_HOST, STARTUP_TIMEOUT_S, Backend
+from .._config import (
+    DEFAULT_HOST,
+    STARTING_STOP_GRACE_S,
+    STARTUP_TIMEOUT_S,
+    STOP_GRACE_S,
+    Backend,
+)
 from .._errors import LaunchError
 from .paths import logs_dir
 
@@ -115,6 +121,7 @@ class VllmServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.command: list[str] = []
         self.started_at = 0.0
+        self.served = False  # answered /health since its start
 
     @property
     def root_url(self) -> str:
@@ -143,6 +150,7 @@ class VllmServer:
         elif _port_in_use(spec.host, self.port):
             raise LaunchError(f"cannot start vLLM: port {self.port} on {spec.host} is in use")
         self.command = spec.argv(self.port)
+        self.served = False
         if self.log_path is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.log_path = logs_dir() / f"vllm-{stamp}-{self.port}.log"
@@ -188,6 +196,7 @@ class VllmServer:
             urllib.request.urlopen(self.root_url + "/health", timeout=2) as resp,
         ):
             if resp.status == 200:
+                self.served = True
                 return True
         if time.monotonic() - self.started_at > self.spec.startup_timeout_s:
             self.stop()
@@ -203,16 +212,26 @@ class VllmServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, grace_s: float = 30.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after ``grace_s``."""
+    def stop(self, grace_s: float | None = None) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after ``grace_s`` (by
+        default: ``STOP_GRACE_S`` for a server that served, ``STARTING_STOP_GRACE_S`` for one
+        still starting)."""
         proc = self.proc
         if proc is None:
             return
+        if grace_s is None:
+            grace_s = STOP_GRACE_S if self.served else STARTING_STOP_GRACE_S
         pgid = proc.pid  # start_new_session: the group id is the child's pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        try:
             proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            # The API process alone first: the resource tracker it started (same group, deaf to
+            # SIGTERM) then frees its shared memory and exits.
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
         # Engine workers may outlive the API process for a moment; take the group down for good.
         deadline = time.monotonic() + 5.0
         while _group_alive(pgid) and time.monotonic() < deadline:
