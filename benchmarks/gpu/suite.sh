@@ -24,9 +24,10 @@
 #   ray-start        a one-node Ray cluster on this machine, on loopback (127.0.0.1:6380), for:
 #   ray-rN           launch-rN with Ray placing the N servers (--ray): N members of 1/N GPU each
 #   ray-stop         stop that cluster
-# Ray must be importable (python3 -c "import ray"); if the GPU image lacks it, carry its cp312
-# wheel and msgpack's in .gpu/site_whl as env.sh says. Start the cluster after env.sh is
-# sourced (this script does): its workers inherit PYTHONPATH, so the members import this vbatch.
+# The GPU image lacks Ray: build .gpu/ray.tar.xz here (benchmarks/gpu/make_ray_bundle.sh, ~31 MB)
+# and carry it in a command of its own, with .gpu/gpu and .gpu/site_whl (env.sh unpacks it).
+# Start the cluster after env.sh is sourced (this script does): its workers inherit PYTHONPATH,
+# so the members import this vbatch.
 set -u
 # Stopped early (TERM/INT): take the running step's client down with the script (and so the
 # vLLM servers vbatch started, which die with it), or it runs on into the next command.
