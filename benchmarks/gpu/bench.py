@@ -28,6 +28,7 @@ T_PROCESS = time.perf_counter()  # before the heavy imports: offline's whole com
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -255,8 +256,10 @@ def _vbatch(a: argparse.Namespace, *extra: str) -> None:
         env = {**os.environ, "PYTHONPATH": f"{a.src}:{os.environ.get('PYTHONPATH', '')}"}
     cpu = ServerCpu()
     log = Path(a.workdir) / f"{a.case}.stderr"
+    began = time.time()
     with open(log, "w") as err:
         total, first, _ = run_child(cmd, a.timeout, watch=out, env=env, stderr=err)
+    timeline = server_timeline(Path(os.environ.get("VBATCH_HOME", "/root/vbhome")) / "logs", began)
     server_cpu = cpu.result()  # over the whole command: start-up included when vbatch launches
     m = json.loads(metrics.read_text())
     assert m["ok"] == m["total"], m
@@ -268,7 +271,39 @@ def _vbatch(a: argparse.Namespace, *extra: str) -> None:
                    restarts=m.get("restarts"), src=a.src or "this tree",
                    window=m.get("window"), window_history=m.get("window_history"),
                    shape=a.shape or None, launched=said[0] if said else None,
-                   prompt_tokens=m.get("prompt_tokens"), server_cpu=server_cpu)  # fmt: skip
+                   prompt_tokens=m.get("prompt_tokens"), server_cpu=server_cpu,
+                   timeline=timeline,
+                   mp_method=os.environ.get("VLLM_WORKER_MULTIPROC_METHOD"))  # fmt: skip
+
+
+# Where each server vbatch launched was in its start, from its log (vLLM's lines carry the
+# time to the second): what the gap to offline's start is made of.
+MARKS = {
+    "args": "non-default args",  # the API process has imported vLLM and parsed its flags
+    "engine": "Initializing a V1 LLM engine",  # the engine process is up (forked or spawned)
+    "graphs": "Graph capturing finished",
+    "init_done": "init engine (profile, create kv cache",
+    "serving": "Starting vLLM server on",
+}
+_STAMP = re.compile(r"(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)")
+
+
+def server_timeline(logs: Path, since: float) -> list[dict[str, float]]:
+    """Seconds from ``since`` (a time.time()) to each of MARKS, per server log written since."""
+    year = time.localtime(since).tm_year
+    found = []
+    for log in sorted(logs.glob("vllm-*.log")):
+        if log.stat().st_mtime < since:
+            continue
+        marks: dict[str, float] = {}
+        for line in log.read_text(errors="replace").splitlines():
+            for name, text in MARKS.items():
+                if name not in marks and text in line and (m := _STAMP.search(line)):
+                    mo, d, h, mi, sec = (int(x) for x in m.groups())
+                    at = time.mktime((year, mo, d, h, mi, sec, 0, 0, -1))
+                    marks[name] = round(at - since, 1)
+        found.append(marks)
+    return found
 
 
 def cmd_vbatch(a: argparse.Namespace) -> None:

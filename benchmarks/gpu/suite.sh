@@ -21,6 +21,11 @@
 #                    prefix, chat, short), the whole command timed
 #   vb-SHAPE         vbatch run --model ... on that shape (vbatch's own plan), the whole command
 #   vbapi2-SHAPE     the same with two API server processes a replica (--api-server-count 2)
+#   vbfork-SHAPE     vb-SHAPE with VLLM_WORKER_MULTIPROC_METHOD=fork: vLLM's API server spawns
+#                    its engine process (a second import of torch and vLLM) where offline LLM()
+#                    forks it; does forking close the ~22 s between the two? (each vbatch record
+#                    carries its servers' timeline: args, engine, graphs, init_done, serving)
+#   vbr1-SHAPE       vb-SHAPE with one server (--replicas 1): start-up without three at once
 #   ray-start        a one-node Ray cluster on this machine, on loopback (127.0.0.1:6380), for:
 #   ray-rN           launch-rN with Ray placing the N servers (--ray): N members of 1/N GPU each
 #   ray-stop         stop that cluster
@@ -52,6 +57,8 @@ for step in "$@"; do
     cut-*) VB_INPUT=/root/bench/prompts_${step#cut-}.jsonl; head -n ${step#cut-} /root/bench/prompts.jsonl > $VB_INPUT;;
     off-*) timeout 590 $B offline --shape ${step#off-} --case offline_${step#off-} > /root/logs/offline_${step#off-}.log 2>&1 || tail -40 /root/logs/offline_${step#off-}.log;;
     vb-*) timeout 590 $B vbatch-launch --shape ${step#vb-} --case vbatch_${step#vb-};;
+    vbfork-*) VLLM_WORKER_MULTIPROC_METHOD=fork timeout 590 $B vbatch-launch --shape ${step#vbfork-} --case vbatch_${step#vbfork-}_fork;;
+    vbr1-*) timeout 590 $B vbatch-launch --shape ${step#vbr1-} --case vbatch_${step#vbr1-}_r1 --vbatch-args="--replicas 1";;
     vbapi2-*) timeout 590 $B vbatch-launch --shape ${step#vbapi2-} --case vbatch_${step#vbapi2-}_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
     seed16) $B seed --case seed_sem500 --max-tokens 16;;
     vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
