@@ -103,7 +103,7 @@ if os.fork() == 0:
 if mode.startswith("deaf-"):
     mode = mode.removeprefix("deaf-")
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print("deaf to SIGTERM", flush=True)
+    print("deaf to SIG" + "TERM", flush=True)  # (the log's copy of this command is not)
 if mode == "die":
     print("ValueError: model path does-not-exist is not valid", flush=True)
     sys.exit(3)
@@ -121,6 +121,12 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 class FakeSpec(ServerSpec):
     def argv(self, port: int) -> list[str]:
         return [sys.executable, "-c", FAKE_VLLM, self.model, str(port)]
+
+
+def is_vllm_server(cmdline: list[str]) -> bool:
+    """Whether a process is vLLM's API server (not the shepherd vbatch runs it under, whose
+    command line holds the server's)."""
+    return cmdline[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import read_jsonl, write_jsonl
+from helpers import is_vllm_server, read_jsonl, write_jsonl
 
 from vbatch._config import LaunchOptions
 from vbatch._engine.plan import plan_server
@@ -166,20 +166,21 @@ def _wait_lines(out: Path, n: int, run: subprocess.Popen[str], timeout_s: float 
 
 
 def _launched_server(run: subprocess.Popen[str]) -> psutil.Process:
-    """The vLLM API server a `vbatch run` started (its process leads its own group)."""
+    """The vLLM API server a `vbatch run` started (in a process group of its own)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for child in psutil.Process(run.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if "vllm.entrypoints.openai.api_server" in " ".join(child.cmdline()):
+                if is_vllm_server(child.cmdline()):
                     return child
         time.sleep(0.2)
     raise AssertionError("no vLLM server under the run")
 
 
 def _killpg(pid: int) -> None:
+    """SIGKILL the process group of ``pid``: the whole server, engine included, no goodbye."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)  # the whole server, engine included, no goodbye
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 ROWS = [{"id": f"r{i}", "prompt": f"Count to {i}:", "max_tokens": 16} for i in range(200)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,43 @@ def test_a_server_deaf_to_sigterm_is_killed_after_its_grace(
     server.stop()
     assert (time.monotonic() - started >= 2.0) == served
     assert _descendants_gone(family)
+
+
+# A process that starts a server (a stand-in deaf to SIGTERM, as vLLM's API process is while
+# its engine starts), says the server's group, and waits to be killed.
+OWNER = """
+import os, sys, time
+from helpers import FakeSpec
+from vbatch._engine.server import VllmServer
+server = VllmServer(FakeSpec(model="deaf-unhealthy"), log_path=sys.argv[1])
+server.start()
+while "deaf to SIGTERM" not in open(sys.argv[1]).read():
+    time.sleep(0.05)
+print(server.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_ends_with_vbatch_killed_outright_while_it_starts(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}  # for helpers
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path / "log")],
+                             stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    assert owner.stdout is not None
+    try:
+        group = int(owner.stdout.readline())
+        members = [p for p in psutil.process_iter() if _in_group(p, group)]
+        assert len(members) == 3  # the shepherd, the "API server", its "engine"
+    finally:
+        owner.kill()
+        owner.wait()
+    assert _descendants_gone([p.pid for p in members])
+
+
+def _in_group(proc: psutil.Process, group: int) -> bool:
+    try:
+        return os.getpgid(proc.pid) == group
+    except OSError:
+        return False
 
 
 def test_spec_argv_passes_settings_and_extra_flags() -> None:

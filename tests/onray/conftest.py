@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 from e2e.conftest import E2E_HOME
+from helpers import is_vllm_server
 
 LOOPBACK = "127.0.0.1"
 
@@ -77,7 +78,7 @@ def _vllm_servers() -> list[psutil.Process]:
     found = []
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if "vllm.entrypoints.openai.api_server" in " ".join(proc.cmdline()):
+            if is_vllm_server(proc.cmdline()):
                 found.append(proc)
     return found
 
@@ -87,7 +88,7 @@ def _end(servers: list[psutil.Process], grace_s: float = 30.0) -> None:
     _, alive = psutil.wait_procs(servers, timeout=grace_s)
     for proc in alive:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
 
 
 def _end_marked(mark: str) -> None:

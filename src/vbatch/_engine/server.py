@@ -1,9 +1,9 @@
 """Launch and manage a vLLM OpenAI server as a child process.
 
-The server runs in its own process group on 127.0.0.1 and a free port; ``stop()`` ends the whole
-group (the API server and its engine processes), and the child is told to die with us should
-vbatch itself be killed. A server that exits or misses its health deadline raises
-``LaunchError`` with the command line and the last lines of its log.
+The server runs in its own process group on 127.0.0.1 and a free port, under a shepherd process
+(shepherd.py) that ends the whole group should vbatch itself be killed; ``stop()`` ends the
+whole group too (the API server and its engine processes). A server that exits or misses its
+health deadline raises ``LaunchError`` with the command line and the last lines of its log.
 """
 
 from __future__ import annotations
@@ -103,12 +103,15 @@ class ServerSpec:
         return cmd + list(self.extra_args)
 
 
+SHEPHERD = str(Path(__file__).with_name("shepherd.py"))
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # Linux: if vbatch is killed outright, the server gets SIGTERM instead of living on.
+    # Linux: if vbatch is killed outright, the shepherd is told, and ends the server's group.
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
 
 
 class VllmServer:
@@ -159,8 +162,10 @@ class VllmServer:
         with open(self.log_path, "ab") as log:
             log.write(f"$ {shlex.join(self.command)}\n".encode())
             log.flush()
+            # Under the shepherd (shepherd.py says why): ``proc`` is it, and it exits as vLLM's
+            # API process does.
             self.proc = subprocess.Popen(
-                self.command,
+                [sys.executable, SHEPHERD, str(os.getpid()), *self.command],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -227,9 +232,8 @@ class VllmServer:
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            # The API process alone first: the resource tracker it started (same group, deaf to
-            # SIGTERM) then frees its shared memory and exits.
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)  # the shepherd ends the group, API process first
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         # Engine workers may outlive the API process for a moment; take the group down for good.

@@ -1,0 +1,79 @@
+"""The process a vLLM server is started under, so that it cannot outlive vbatch.
+
+usage: python shepherd.py PARENT_PID COMMAND...   (run as a file: it imports nothing of vbatch)
+
+vbatch starts this in a new session (its own process group) with PR_SET_PDEATHSIG = SIGUSR1;
+it runs COMMAND (vLLM's API server) as its child in the same group, and exits with its status.
+Why not vLLM alone: when vbatch is killed outright (kill -9, the OOM killer) during start-up,
+vLLM's API process ignores SIGTERM while it waits for its engine, and an engine whose API
+process is killed alone lives on: either way a server nobody owns, holding its memory (on a
+GPU, its share). Here:
+
+- SIGUSR1 (vbatch died; or vbatch's ``stop()`` once its grace is over) ends the group, this
+  process too (``end_group``).
+- SIGTERM (vbatch's ``stop()`` sends it to the group) is for vLLM: this process waits for the
+  API server to finish its own shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+TRACKER_GRACE_S = 2.0  # measured: a resource tracker is done ~0.5 s after its last client
+TRACKER = "multiprocessing.resource_tracker"
+
+
+def _members() -> dict[int, str]:
+    """The other processes of this process group: pid -> command line."""
+    me, group, found = os.getpid(), os.getpgid(0), {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.getpgid(int(entry)) == group:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return found
+
+
+def end_group(*_: object) -> None:
+    """SIGKILL the group, resource trackers last: once their clients are gone they unlink the
+    shared memory vLLM's processes made (~170 MB a server on a CPU), which a SIGKILL to all at
+    once leaves behind in /dev/shm."""
+    try:
+        for pid, command in _members().items():
+            if TRACKER not in command:
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + TRACKER_GRACE_S
+        while time.monotonic() < deadline and any(
+            TRACKER in command for command in _members().values()
+        ):
+            time.sleep(0.05)
+    except OSError:
+        pass
+    os.killpg(0, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    parent, command = int(argv[0]), argv[1:]
+    signal.signal(signal.SIGUSR1, end_group)
+    # A handler, not SIG_IGN: an ignored signal stays ignored across exec, in vLLM too.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    if os.getppid() != parent:  # vbatch died before the kernel could be told to say so
+        end_group()
+    child = subprocess.Popen(command)
+    code = child.wait()
+    if code < 0:  # killed by a signal: end the same way, for vbatch to read the same status
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
