@@ -42,8 +42,8 @@ def test_server_becomes_healthy_and_stop_ends_the_whole_group(tmp_path: Path) ->
         assert server.running and server.port > 0
         assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
         assert server.proc is not None
-        family = [server.proc.pid] + [c.pid for c in psutil.Process(server.proc.pid).children()]
-        assert len(family) == 2
+        family = [p.pid for p in psutil.process_iter() if _in_group(p, server.proc.pid)]
+        assert len(family) == 4  # the shepherd, its guard, the "API server", its "engine"
     assert _descendants_gone(family)
 
 
@@ -84,7 +84,7 @@ def test_a_server_deaf_to_sigterm_is_killed_after_its_grace(
         time.sleep(0.05)
     if served:
         server.wait_healthy(poll_s=0.05)
-    family = [server.proc.pid] + [c.pid for c in psutil.Process(server.proc.pid).children()]
+    family = [p.pid for p in psutil.process_iter() if _in_group(p, server.proc.pid)]
     started = time.monotonic()
     server.stop()
     assert (time.monotonic() - started >= 2.0) == served
@@ -114,11 +114,26 @@ def test_a_server_ends_with_vbatch_killed_outright_while_it_starts(tmp_path: Pat
     try:
         group = int(owner.stdout.readline())
         members = [p for p in psutil.process_iter() if _in_group(p, group)]
-        assert len(members) == 3  # the shepherd, the "API server", its "engine"
+        assert len(members) == 4  # the shepherd, its guard, the "API server", its "engine"
     finally:
         owner.kill()
         owner.wait()
     assert _descendants_gone([p.pid for p in members])
+
+
+def test_a_server_ends_with_its_shepherd_killed_outright(tmp_path: Path) -> None:
+    # As Ray does to the direct children of an actor that died: SIGKILL, nothing to catch.
+    log = tmp_path / "log"
+    server = VllmServer(FakeSpec(model="deaf-unhealthy"), log_path=log)
+    server.start()
+    assert server.proc is not None
+    while "deaf to SIGTERM" not in log.read_text():
+        time.sleep(0.05)
+    members = [p for p in psutil.process_iter() if _in_group(p, server.proc.pid)]
+    assert len(members) == 4
+    server.proc.kill()
+    assert _descendants_gone([p.pid for p in members])
+    server.stop()
 
 
 def _in_group(proc: psutil.Process, group: int) -> bool:

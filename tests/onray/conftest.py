@@ -92,10 +92,10 @@ def _end(servers: list[psutil.Process], grace_s: float = 30.0) -> None:
 
 
 def _end_marked(mark: str) -> None:
-    """End whatever this cluster started that is still running: a node removed mid-test takes
-    its vLLM API server down (it dies with its actor), but on one machine the server's engine
-    process lives on, reparented to init, holding its KV cache's memory (a real node's death
-    takes it along)."""
+    """End whatever this cluster started that is still running. A node removed mid-test takes
+    its members' servers down with it (each server's shepherd ends its process group when the
+    member dies); before the shepherd, the engine process of such a server lived on here,
+    reparented to init, holding its KV cache's memory. This is the net should anything else."""
     left = []
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):

@@ -11,12 +11,16 @@ GPU, its share). Here:
 
 - SIGUSR1 (vbatch died; or vbatch's ``stop()`` once its grace is over) ends the group, this
   process too (``end_group``).
+- A guard, a forked child of this process told by the kernel when this one dies (SIGUSR1),
+  ends the group should this process be killed outright: Ray SIGKILLs a dead actor's direct
+  children, this process among them, and not theirs.
 - SIGTERM (vbatch's ``stop()`` sends it to the group) is for vLLM: this process waits for the
-  API server to finish its own shutdown.
+  API server to finish its own shutdown; the guard then ends what is left.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -25,6 +29,7 @@ import time
 
 TRACKER_GRACE_S = 2.0  # measured: a resource tracker is done ~0.5 s after its last client
 TRACKER = "multiprocessing.resource_tracker"
+PR_SET_PDEATHSIG = 1
 
 
 def _members() -> dict[int, str]:
@@ -60,6 +65,13 @@ def end_group(*_: object) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGUSR1 when ``parent`` (this process's parent) dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGUSR1)
+    if os.getppid() != parent:  # it died before the kernel was told
+        end_group()
+
+
 def main(argv: list[str]) -> int:
     parent, command = int(argv[0]), argv[1:]
     signal.signal(signal.SIGUSR1, end_group)
@@ -67,6 +79,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     if os.getppid() != parent:  # vbatch died before the kernel could be told to say so
         end_group()
+    me = os.getpid()
+    if os.fork() == 0:  # the guard (it keeps the handlers above)
+        die_with_parent(me)
+        while True:
+            signal.pause()
     child = subprocess.Popen(command)
     code = child.wait()
     if code < 0:  # killed by a signal: end the same way, for vbatch to read the same status
