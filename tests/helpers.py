@@ -4,7 +4,9 @@ handle on the fake server running as a subprocess, and the start-then-kill of a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import random
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import vbatch
@@ -121,6 +124,24 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 class FakeSpec(ServerSpec):
     def argv(self, port: int) -> list[str]:
         return [sys.executable, "-c", FAKE_VLLM, self.model, str(port)]
+
+
+def crash_server(pid: int) -> None:
+    """SIGKILL every process of the process group of ``pid`` (a vLLM server: its API process,
+    its engine, the shepherd and its guard) at once: the server crashes. All but Python's
+    resource trackers, which then unlink the shared memory vLLM made (~420 MB a CPU server,
+    left in /dev/shm by a SIGKILL to the whole group: the suite's memory, on CI's machine)."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == group and TRACKER not in " ".join(proc.cmdline()):
+                proc.kill()
+
+
+TRACKER = "multiprocessing.resource_tracker"
 
 
 def is_vllm_server(cmdline: list[str]) -> bool:

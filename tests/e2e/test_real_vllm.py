@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import re
 import signal
 import socket
@@ -19,7 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import is_vllm_server, read_jsonl, write_jsonl
+from helpers import crash_server, is_vllm_server, read_jsonl, write_jsonl
 
 from vbatch._config import LaunchOptions
 from vbatch._engine.plan import plan_server
@@ -177,12 +176,6 @@ def _launched_server(run: subprocess.Popen[str]) -> psutil.Process:
     raise AssertionError("no vLLM server under the run")
 
 
-def _killpg(pid: int) -> None:
-    """SIGKILL the process group of ``pid``: the whole server, engine included, no goodbye."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
-
-
 ROWS = [{"id": f"r{i}", "prompt": f"Count to {i}:", "max_tokens": 16} for i in range(200)]
 SLOW = ["--concurrency", "8", "--extra-body", '{"ignore_eos": true}']
 
@@ -208,7 +201,7 @@ def test_a_hand_started_server_killed_and_started_again_loses_nothing(tmp_path: 
     try:
         _wait_lines(out, 20, run)
         assert first.proc is not None
-        _killpg(first.proc.pid)
+        crash_server(first.proc.pid)
         first.stop()
         second.start()  # on the same port, as a supervisor (or a person) would
         code = run.wait(timeout=600)
@@ -230,7 +223,7 @@ def test_a_launched_server_killed_mid_run_is_restarted(tmp_path: Path) -> None:
     try:
         _wait_lines(out, 20, run)
         victim = _launched_server(run)
-        _killpg(victim.pid)
+        crash_server(victim.pid)
         _, stderr = run.communicate(timeout=600)
     finally:
         if run.poll() is None:
@@ -252,7 +245,7 @@ def test_a_launched_server_past_its_restart_budget_fails_the_run_keeping_rows(
     run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_lines(out, 20, run)
-        _killpg(_launched_server(run).pid)
+        crash_server(_launched_server(run).pid)
         _, stderr = run.communicate(timeout=300)
     finally:
         if run.poll() is None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from e2e.conftest import MAX_MODEL_LEN
-from helpers import is_vllm_server, read_jsonl, write_jsonl
+from helpers import crash_server, is_vllm_server, read_jsonl, write_jsonl
 
 # Two vLLM servers start on two shared cores (~45 s), and a killed one starts again.
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(540)]
@@ -159,7 +157,7 @@ def test_a_member_whose_server_dies_is_restarted_by_ray(ray_cluster: Any, tmp_pa
         # The first server to serve is the victim, killed a few rows in (see _serving).
         victim = _serving(raylets, out, run, rows=5)
         before = {p.pid for raylet in raylets for p in servers_under(raylet)}
-        os.killpg(os.getpgid(victim.pid), signal.SIGKILL)  # the server and its engine, no goodbye
+        crash_server(victim.pid)  # the server and its engine, no goodbye
         # Ray starts the member again (on its node while that has the CPU), and with it a new
         # server. (Whether that one is up before the job ends depends on the machine's speed:
         # not asserted.)
