@@ -16,11 +16,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import vbatch
 from vbatch._engine.server import ServerSpec
+from vbatch._engine.shepherd import kill_all_but_trackers
 
 FAKESERVER = str(Path(__file__).with_name("fakeserver.py"))
 CLI_TIMEOUT_S = 60
@@ -129,19 +129,10 @@ class FakeSpec(ServerSpec):
 def crash_server(pid: int) -> None:
     """SIGKILL every process of the process group of ``pid`` (a vLLM server: its API process,
     its engine, the shepherd and its guard) at once: the server crashes. All but Python's
-    resource trackers, which then unlink the shared memory vLLM made (~420 MB a CPU server,
-    left in /dev/shm by a SIGKILL to the whole group: the suite's memory, on CI's machine)."""
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(proc.pid) == group and TRACKER not in " ".join(proc.cmdline()):
-                proc.kill()
-
-
-TRACKER = "multiprocessing.resource_tracker"
+    resource trackers (``kill_all_but_trackers``): a SIGKILL to the whole group leaves vLLM's
+    shared memory in /dev/shm, ~420 MB a CPU server: the suite's memory, on CI's machine."""
+    with contextlib.suppress(ProcessLookupError):
+        kill_all_but_trackers(os.getpgid(pid))
 
 
 def is_vllm_server(cmdline: list[str]) -> bool:

@@ -31,6 +31,7 @@ from .._config import (
 )
 from .._errors import LaunchError
 from .paths import logs_dir
+from .shepherd import tell_on_parent_death
 
 __all__ = ["ServerSpec", "VllmServer", "free_port"]
 
@@ -109,9 +110,7 @@ SHEPHERD = str(Path(__file__).with_name("shepherd.py"))
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     # Linux: if vbatch is killed outright, the shepherd is told, and ends the server's group.
     with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
+        tell_on_parent_death(signal.SIGUSR1)
 
 
 class VllmServer:
@@ -233,7 +232,7 @@ class VllmServer:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGUSR1)  # the shepherd ends the group, API process first
+                proc.send_signal(signal.SIGUSR1)  # the shepherd ends the group, trackers last
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         # Engine workers may outlive the API process for a moment; take the group down for good.

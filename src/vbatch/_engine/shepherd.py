@@ -20,6 +20,7 @@ GPU, its share). Here:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -32,9 +33,9 @@ TRACKER = "multiprocessing.resource_tracker"
 PR_SET_PDEATHSIG = 1
 
 
-def _members() -> dict[int, str]:
-    """The other processes of this process group: pid -> command line."""
-    me, group, found = os.getpid(), os.getpgid(0), {}
+def members(group: int) -> dict[int, str]:
+    """The processes of process group ``group`` but this one: pid -> command line."""
+    me, found = os.getpid(), {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -47,29 +48,31 @@ def _members() -> dict[int, str]:
     return found
 
 
-def end_group(*_: object) -> None:
-    """SIGKILL the group, resource trackers last: once their clients are gone they unlink the
-    shared memory vLLM's processes made (~170 MB a server on a CPU), which a SIGKILL to all at
-    once leaves behind in /dev/shm."""
-    try:
-        for pid, command in _members().items():
-            if TRACKER not in command:
+def kill_all_but_trackers(group: int) -> None:
+    """SIGKILL every process of ``group`` but Python's resource trackers: once their clients
+    are gone they unlink the shared memory vLLM's processes made (~170 MB a server on a CPU),
+    which a SIGKILL to the whole group leaves behind in /dev/shm."""
+    for pid, command in members(group).items():
+        if TRACKER not in command:
+            with contextlib.suppress(OSError):  # gone meanwhile
                 os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + TRACKER_GRACE_S
-        while time.monotonic() < deadline and any(
-            TRACKER in command for command in _members().values()
-        ):
-            time.sleep(0.05)
-    except OSError:
-        pass
+
+
+def end_group(*_: object) -> None:
+    """SIGKILL the group, resource trackers last (``kill_all_but_trackers``), this process too."""
+    group = os.getpgid(0)
+    kill_all_but_trackers(group)
+    deadline = time.monotonic() + TRACKER_GRACE_S
+    while time.monotonic() < deadline and any(
+        TRACKER in command for command in members(group).values()
+    ):
+        time.sleep(0.05)
     os.killpg(0, signal.SIGKILL)
 
 
-def die_with_parent(parent: int) -> None:
-    """Have the kernel send SIGUSR1 when ``parent`` (this process's parent) dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGUSR1)
-    if os.getppid() != parent:  # it died before the kernel was told
-        end_group()
+def tell_on_parent_death(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
 
 
 def main(argv: list[str]) -> int:
@@ -81,7 +84,9 @@ def main(argv: list[str]) -> int:
         end_group()
     me = os.getpid()
     if os.fork() == 0:  # the guard (it keeps the handlers above)
-        die_with_parent(me)
+        tell_on_parent_death(signal.SIGUSR1)
+        if os.getppid() != me:  # the shepherd died before the kernel was told
+            end_group()
         while True:
             signal.pause()
     child = subprocess.Popen(command)
