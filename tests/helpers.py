@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,14 @@ def _check_running(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is not None:
         _, stderr = proc.communicate()
         pytest.fail(f"the run ended (exit {proc.returncode}) before the kill point: {stderr}")
+
+
+def preview_requests(job: Any) -> Iterator[Any]:
+    """Every row's request, built without asking for a model: what sizing a server reads."""
+    from vbatch._input.requests import RequestBuilder
+    from vbatch._input.sources import open_source
+
+    source = open_source(job.input, job.input_format)
+    builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
+                             require_model=False)  # fmt: skip
+    return (builder.build(row) for row in source.rows())

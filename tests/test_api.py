@@ -123,11 +123,12 @@ async def test_stream_yields_every_result(server: FakeServer, tmp_path: Path) ->
     rows = prompt_rows(50)
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     seen = {}
-    async for result in vbatch.stream(
+    async with vbatch.stream(
         str(inp), base_url=server.base_url, concurrency=4, model="smol"
-    ):
-        assert result.ok
-        seen[result.id] = result.body["choices"][0]["text"]  # type: ignore[index]
+    ) as results:
+        async for result in results:
+            assert result.ok
+            seen[result.id] = result.body["choices"][0]["text"]  # type: ignore[index]
     assert seen == {r["id"]: completion_text(r["prompt"]) for r in rows}
 
 

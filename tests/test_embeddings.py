@@ -12,7 +12,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 from fakeserver import EMBEDDING_DIMS, FakeServer, embedding_of
-from helpers import cli, read_jsonl, write_jsonl
+from helpers import cli, preview_requests, read_jsonl, write_jsonl
 
 import vbatch
 from vbatch import InputError, RequestBuilder, RequestDefaults
@@ -21,7 +21,6 @@ from vbatch._engine.machine import Machine
 from vbatch._engine.plan import plan_server
 from vbatch._engine.sizing import measure_requests
 from vbatch._input.sources import RawRow
-from vbatch._job import preview_requests
 from vbatch._models import EMBEDDINGS
 
 DEFAULTS = RequestDefaults(model="smol", max_tokens=16, temperature=0.7, extra_body={"x": 1})

@@ -15,6 +15,7 @@ EXPECTED = {
     "Transport", "TransportError", "VbatchError", "WaitExponentialJitter", "__version__",
     "arun", "connect", "iter_results", "make_job", "run", "run_job", "stream",
     "MergeError", "MergeSummary", "merge",
+    "ClientOptions", "LaunchOptions", "Options", "ResultStream", "RunView",
 }  # fmt: skip
 
 

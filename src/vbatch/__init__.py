@@ -1,7 +1,8 @@
 """vbatch: large batch generation on vLLM.
 
 The public surface is exactly ``__all__``; the subpackages (``_input``, ``_client``,
-``_output``, ``_engine``, ``_fleet``, ``_cli``) are the internal layout and may change.
+``_output``, ``_engine``, ``_fleet``, ``_run``, ``_cli``) are the internal layout and may
+change.
 """
 
 from ._api import arun, connect, make_job, run, stream
@@ -9,7 +10,7 @@ from ._client.dispatcher import Dispatcher
 from ._client.retry import RetryPolicy, StopAfterAttempt, StopAfterDelay, WaitExponentialJitter
 from ._client.stats import Stats
 from ._client.transport import AiohttpTransport, MockTransport, Response, Transport
-from ._config import DEFAULT_CONCURRENCY
+from ._config import DEFAULT_CONCURRENCY, ClientOptions, LaunchOptions
 from ._errors import (
     ConfigError,
     FleetError,
@@ -23,16 +24,19 @@ from ._errors import (
     VbatchError,
 )
 from ._input.requests import FieldMap, RequestBuilder
-from ._job import Job, RunSummary, iter_results, run_job
+from ._job import Job, RunSummary
 from ._models import ErrorInfo, PreparedRequest, RequestDefaults, Result
+from ._options import Options
 from ._output.merge import MergeSummary, merge
-from ._progress import LogProgress, NullProgress, Progress, RichProgress
+from ._progress import LogProgress, NullProgress, Progress, RichProgress, RunView
+from ._run.runner import ResultStream, iter_results, run_job
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "AiohttpTransport",
+    "ClientOptions",
     "ConfigError",
     "Dispatcher",
     "ErrorInfo",
@@ -41,11 +45,13 @@ __all__ = [
     "InputError",
     "Job",
     "LaunchError",
+    "LaunchOptions",
     "LogProgress",
     "MergeError",
     "MergeSummary",
     "MockTransport",
     "NullProgress",
+    "Options",
     "OutputError",
     "PreparedRequest",
     "Progress",
@@ -54,10 +60,12 @@ __all__ = [
     "RequestDefaults",
     "Response",
     "Result",
+    "ResultStream",
     "ResumeError",
     "RetryPolicy",
     "RichProgress",
     "RunSummary",
+    "RunView",
     "Stats",
     "StopAfterAttempt",
     "StopAfterDelay",

@@ -117,6 +117,9 @@ MAX_FILE_BYTES = 200 * 1024 * 1024
 COMPLETION_WINDOW = "24h"
 # A failed validation names at most this many bad lines.
 MAX_REPORTED_ERRORS = 100
+# A scan that cannot yet check rows' models against the servers' list records at most this many
+# distinct names to check once it comes: a server serves a handful (a model, its adapters).
+MAX_RECORDED_MODELS = 1_000
 
 # -- watching servers ------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""Progress displays. They only read ``Stats``; the job calls ``refresh`` on a timer.
+"""Progress displays. Each draws a ``RunView``: the job's ``Stats`` and the dispatcher's latest
+``snapshot()`` (the servers' load, the window, the fleet), both only read. ``show_progress``
+pulls a fresh view on the display's timer.
 
 ``RichProgress`` draws a live panel on a terminal; ``LogProgress`` writes a plain line every few
 seconds (logs, CI, pipes); ``NullProgress`` is ``--quiet``.
@@ -6,8 +8,11 @@ seconds (logs, CI, pipes); ``NullProgress`` is ``--quiet``.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from typing import IO, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -17,15 +22,77 @@ from rich.text import Text
 
 from ._client.stats import Stats
 
-__all__ = ["LogProgress", "NullProgress", "Progress", "RichProgress", "choose_progress"]
+if TYPE_CHECKING:
+    from ._client.dispatcher import DispatcherSnapshot
+    from ._client.metrics import ServerLoad
+
+__all__ = [
+    "LogProgress",
+    "NullProgress",
+    "Progress",
+    "RichProgress",
+    "RunView",
+    "choose_progress",
+    "fleet_summary",
+    "show_progress",
+]
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What a display draws: the job's counters and the dispatcher's snapshot taken for this
+    look (None where there is no dispatcher to ask)."""
+
+    stats: Stats
+    snapshot: DispatcherSnapshot | None = None
 
 
 class Progress(Protocol):
     interval_s: float
 
-    def start(self, stats: Stats) -> None: ...
-    def refresh(self, stats: Stats) -> None: ...
-    def stop(self, stats: Stats) -> None: ...
+    def start(self, view: RunView) -> None: ...
+    def refresh(self, view: RunView) -> None: ...
+    def stop(self, view: RunView) -> None: ...
+
+
+async def show_progress(
+    progress: Progress,
+    stats: Stats,
+    snapshot: Callable[[], DispatcherSnapshot | None],
+) -> None:
+    """Show a job on ``progress`` until cancelled: ``start``, a ``refresh`` every
+    ``progress.interval_s``, then ``stop`` with a last view, also when cancelled (set the
+    job's ``finished_at`` first, so that the last view's rates are the run's). Each view holds
+    a fresh ``snapshot()``, or the last one taken while it gives None (the run has closed its
+    dispatcher already, or has none yet)."""
+    latest: DispatcherSnapshot | None = None
+
+    def view() -> RunView:
+        nonlocal latest
+        taken = snapshot()
+        latest = taken if taken is not None else latest
+        return RunView(stats, latest)
+
+    progress.start(view())
+    try:
+        while True:
+            await asyncio.sleep(progress.interval_s)
+            progress.refresh(view())
+    finally:
+        progress.stop(view())
+
+
+def fleet_summary(snapshot: DispatcherSnapshot | None) -> dict[str, Any]:
+    """The run summary's keys from the servers' side: restarts, the window at the end and an
+    adaptive window's changes (``(seconds since start, window, output tok/s it replaced)``)."""
+    if snapshot is None:
+        return {"restarts": 0, "window": None, "window_history": None}
+    fleet = snapshot.fleet
+    return {
+        "restarts": fleet.restarts if fleet is not None else 0,
+        "window": snapshot.window,
+        "window_history": snapshot.window_history,
+    }
 
 
 def _duration(seconds: float | None) -> str:
@@ -47,48 +114,62 @@ def _in_flight(stats: Stats) -> str:
     return f"{stats.in_flight:,} in flight{retrying}"
 
 
-def _fleet(stats: Stats) -> str:
+def _load(snapshot: DispatcherSnapshot) -> ServerLoad | None:
+    fleet = snapshot.fleet
+    if fleet is not None and not fleet.up:
+        return None  # no server up: the last look is stale
+    return snapshot.load
+
+
+def _fleet(snapshot: DispatcherSnapshot) -> str:
     """How many servers are up, once one is not or one was restarted."""
-    if stats.servers is None:
+    fleet = snapshot.fleet
+    if fleet is None:
         return ""
-    up, total = stats.servers_up or 0, stats.servers
-    if up == total and not stats.restarts:
+    up, total, restarts = fleet.up, fleet.members, fleet.restarts
+    if up == total and not restarts:
         return ""
     parts = [f"servers: {up}/{total} up"]
     if not up:
         parts.append("waiting for one")
-    if stats.restarts:
-        parts.append(f"{stats.restarts} restarted")
+    if restarts:
+        parts.append(f"{restarts} restarted")
     return ", ".join(parts)
 
 
-def _server(stats: Stats) -> str:
+def _server(view: RunView) -> str:
     """Is the server saturated (requests queue in it) or is the client holding it back?"""
-    fleet = _fleet(stats)
-    if stats.server_running is None:
+    snapshot = view.snapshot
+    if snapshot is None:
+        return ""
+    fleet = _fleet(snapshot)
+    load = _load(snapshot)
+    if load is None:
         return fleet
-    waiting = stats.server_waiting or 0
-    if waiting > 0:
+    if load.waiting > 0:
         state = "saturated"
-    elif stats.window_capped:
+    elif view.stats.input_sent:
+        # Fewer in flight than the window because no rows are left to send, not held back.
+        state = "input sent: waiting on the last rows"
+    elif snapshot.window_held:
         state = "window held: more in flight measured slower"
     else:
         state = "client-bound: more in flight would help"
-    window = f", window {stats.window}" if stats.window else ""
-    load = f"server: {stats.server_running} running, {waiting} waiting ({state}){window}"
-    return f"{load} | {fleet}" if fleet else load
+    window = f", window {snapshot.window}" if snapshot.window else ""
+    load_text = f"server: {load.running} running, {load.waiting} waiting ({state}){window}"
+    return f"{load_text} | {fleet}" if fleet else load_text
 
 
 class NullProgress:
     interval_s = 3600.0
 
-    def start(self, stats: Stats) -> None:
+    def start(self, view: RunView) -> None:
         pass
 
-    def refresh(self, stats: Stats) -> None:
+    def refresh(self, view: RunView) -> None:
         pass
 
-    def stop(self, stats: Stats) -> None:
+    def stop(self, view: RunView) -> None:
         pass
 
 
@@ -104,20 +185,21 @@ class LogProgress:
         stream.write(text + "\n")
         stream.flush()
 
-    def start(self, stats: Stats) -> None:
+    def start(self, view: RunView) -> None:
         pass
 
-    def refresh(self, stats: Stats) -> None:
+    def refresh(self, view: RunView) -> None:
+        stats = view.stats
         line = (
             f"vbatch: {_count(stats)} rows | {_in_flight(stats)} | "
             f"{stats.requests_per_s:.1f} req/s | {stats.output_tokens_per_s:,.0f} tok/s | "
             f"{stats.failed} errors | {stats.retries} retries | ETA {_duration(stats.eta_s)}"
         )
-        server = _server(stats)
+        server = _server(view)
         self._write(line + (f" | {server}" if server else ""))
 
-    def stop(self, stats: Stats) -> None:
-        self.refresh(stats)
+    def stop(self, view: RunView) -> None:
+        self.refresh(view)
 
 
 class RichProgress:
@@ -129,7 +211,8 @@ class RichProgress:
         self.console = console or Console(stderr=True)
         self._live: Live | None = None
 
-    def _render(self, stats: Stats) -> Group:
+    def _render(self, view: RunView) -> Group:
+        stats = view.stats
         done = stats.skipped + stats.done
         bar = ProgressBar(total=stats.total or None, completed=done, width=40)
         table = Table.grid(padding=(0, 2))
@@ -146,24 +229,24 @@ class RichProgress:
             (f"{stats.retries}", "bold yellow" if stats.retries else "bold"), " retries",
         )  # fmt: skip
         parts: list[Table | Text] = [table, line]
-        server = _server(stats)
+        server = _server(view)
         if server:
             parts.append(Text(server, style="dim"))
         return Group(*parts)
 
-    def start(self, stats: Stats) -> None:
+    def start(self, view: RunView) -> None:
         self._live = Live(
-            self._render(stats), console=self.console, auto_refresh=False, transient=False
+            self._render(view), console=self.console, auto_refresh=False, transient=False
         )
         self._live.start()
 
-    def refresh(self, stats: Stats) -> None:
+    def refresh(self, view: RunView) -> None:
         if self._live is not None:
-            self._live.update(self._render(stats), refresh=True)
+            self._live.update(self._render(view), refresh=True)
 
-    def stop(self, stats: Stats) -> None:
+    def stop(self, view: RunView) -> None:
         if self._live is not None:
-            self._live.update(self._render(stats), refresh=True)
+            self._live.update(self._render(view), refresh=True)
             self._live.stop()
             self._live = None
 

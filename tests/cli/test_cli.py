@@ -77,7 +77,7 @@ def test_csv_with_template(server: FakeServer, tmp_path: Path, out: Path) -> Non
 def test_launch_options_need_a_started_server(server: FakeServer, inp: Path, out: Path) -> None:
     proc = cli(*run_args(server.base_url, inp, out, "--max-model-len", "512"))
     assert proc.returncode == 2
-    assert "--max-model-len applies only to a server vbatch starts" in proc.stderr
+    assert "(--max-model-len) applies only to a server vbatch starts" in proc.stderr
     assert server.generation_requests == 0
 
 

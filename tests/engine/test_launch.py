@@ -12,18 +12,26 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import FakeSpec
+from helpers import FakeSpec, preview_requests
 
 from vbatch import Job, LaunchError, make_job
 from vbatch._config import LaunchOptions
 from vbatch._engine import server as server_module
 from vbatch._engine import sizing
 from vbatch._engine.machine import Machine, detect_backend
-from vbatch._engine.model import approx_params, kv_bytes_per_token
-from vbatch._engine.plan import LaunchPlan, plan_first_rows, plan_server, replan
+from vbatch._engine.model import approx_params, kv_bytes_per_token, resolve_model
+from vbatch._engine.plan import LaunchPlan, plan_server, replan
+from vbatch._engine.plan import plan_launch as plan_launch_of
 from vbatch._engine.server import ServerSpec, VllmServer
-from vbatch._engine.sizing import CHAT_OVERHEAD_TOKENS, CHAT_TOKENS_PER_MESSAGE, measure_requests
-from vbatch._job import preview_requests
+from vbatch._engine.sizing import (
+    CHAT_OVERHEAD_TOKENS,
+    CHAT_TOKENS_PER_MESSAGE,
+    InputMeasure,
+    measure_requests,
+)
+from vbatch._input.requests import RequestBuilder
+from vbatch._input.sources import open_source
+from vbatch._run.scan import Sizing, scan
 
 
 def _descendants_gone(pids: list[int]) -> bool:
@@ -263,6 +271,47 @@ def test_vllm_cpu_needs_a_kv_cache_size(tmp_path: Path) -> None:
     assert plan.spec.max_model_len is None  # nothing to size for: the model's own
 
 
+class EnvDumpSpec(ServerSpec):
+    """A stand-in server that writes the environment it was started with to ``model`` (a path)
+    and exits: what a launched vLLM would see."""
+
+    def argv(self, port: int) -> list[str]:
+        code = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+        return [sys.executable, "-c", code, self.model]
+
+
+def _launched_env(spec: ServerSpec, tmp_path: Path) -> dict[str, str]:
+    """The environment of a server started from ``spec``, through ``VllmServer`` (its shepherd
+    included)."""
+    out = tmp_path / "env.json"
+    out.unlink(missing_ok=True)
+    server = VllmServer(EnvDumpSpec(model=str(out), env=spec.env), log_path=tmp_path / "env.log")
+    server.start()
+    try:
+        assert server.proc is not None
+        server.proc.wait(timeout=30)
+    finally:
+        server.stop()
+    env: dict[str, str] = json.loads(out.read_text())
+    return env
+
+
+def test_gpu_servers_fork_their_engine_unless_the_user_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    model = _model_dir(tmp_path)
+    gpu = plan_launch(None, str(model), "gpu")
+    assert gpu.spec.env["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+    assert _launched_env(gpu.spec, tmp_path)["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+    # vllm-cpu spawns whatever it is told: its servers are not told.
+    cpu = plan_launch(None, str(model), "cpu")
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in cpu.spec.env
+    # A user's own value wins over the plan's.
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    assert _launched_env(gpu.spec, tmp_path)["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+
+
 SMOL_SHAPE = {"max_position_embeddings": 8192, "num_hidden_layers": 30, "hidden_size": 576,
               "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
               "vocab_size": 49152, "tie_word_embeddings": True}  # fmt: skip
@@ -422,10 +471,21 @@ def test_vllm_starts_on_the_first_rows_plan_and_the_rest_may_change_it(
     short = json.dumps({"prompt": "x" * 100, "max_tokens": 50}) + "\n"  # 152 tokens
 
     def plans(text: str) -> tuple[LaunchPlan, LaunchPlan | None]:
+        """What a launched run does: plan on the scan's first rows, re-plan on all of them."""
         inp.write_text(text)
         job = make_job(str(inp))
-        first = plan_first_rows(str(model), preview_requests(job), LaunchOptions())
-        return first, replan(first, preview_requests(job), LaunchOptions())
+        source = open_source(job.input)
+        builder = RequestBuilder(source.path, job.defaults, require_model=False)
+        files = resolve_model(str(model))
+        firsts: list[LaunchPlan] = []
+
+        def on_sample(measure: InputMeasure) -> int | None:
+            firsts.append(plan_launch_of(files, measure, LaunchOptions(), machine))
+            return firsts[0].spec.max_model_len
+
+        scanned = scan(source, builder, validate=True, sizing=Sizing(Path(model), None, on_sample))
+        assert scanned.measure is not None and len(firsts) == 1
+        return firsts[0], replan(firsts[0], scanned.measure, LaunchOptions())
 
     # Ten rows or fewer: the first rows are all of them, nothing to read later.
     first, later = plans(short * 10)
@@ -521,7 +581,8 @@ def test_a_launch_option_beside_a_url_is_an_error(tmp_path: Path) -> None:
 
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"prompt": "p"}\n')
-    with pytest.raises(ConfigError, match=r"^max_model_len: only for a server vbatch starts$"):
+    only = r"^max_model_len \(--max-model-len\) applies only to a server vbatch starts"
+    with pytest.raises(ConfigError, match=only):
         run(str(inp), base_url="http://127.0.0.1:9/v1", max_model_len=512, host="127.0.0.1")
     with pytest.raises(ConfigError, match="replicas each take a free one"):
         run(str(inp), replicas=2, port=8123)

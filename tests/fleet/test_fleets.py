@@ -16,11 +16,10 @@ from fakeserver import FakeServer
 from helpers import FakeSpec, FastRetry, prompt_rows, read_jsonl, write_jsonl
 
 import vbatch
-from vbatch import ConfigError, Dispatcher, FleetError, InputError, PreparedRequest
+from vbatch import ConfigError, Dispatcher, FleetError, PreparedRequest
 from vbatch._client.endpoints import FleetTransport
 from vbatch._engine.plan import LaunchPlan
 from vbatch._engine.sizing import InputMeasure
-from vbatch._fleet.base import FleetStatus
 from vbatch._fleet.local import LocalFleet
 from vbatch._fleet.static import StaticFleet
 from vbatch._models import COMPLETIONS
@@ -51,9 +50,12 @@ async def test_members_join_and_leave_while_a_job_runs(tmp_path: Path) -> None:
         inp = write_jsonl(tmp_path / "in.jsonl", prompt_rows(rows))
         seen = 0
         a_at_leave = None
-        async with Dispatcher(FleetTransport(fleet), concurrency=8) as d:
-            async for _ in vbatch.stream(str(inp), str(tmp_path / "out.jsonl"), dispatcher=d,
-                                         model="smol"):  # fmt: skip
+        async with (
+            Dispatcher(FleetTransport(fleet), concurrency=8) as d,
+            vbatch.stream(str(inp), str(tmp_path / "out.jsonl"), dispatcher=d,
+                          model="smol") as results,
+        ):  # fmt: skip
+            async for _ in results:
                 seen += 1
                 if seen == 100:
                     fleet.members = (a.base_url, b.base_url)  # b joins
@@ -73,66 +75,13 @@ async def test_members_join_and_leave_while_a_job_runs(tmp_path: Path) -> None:
 async def test_no_member_up_is_a_retried_connect_error(tmp_path: Path) -> None:
     retry = FastRetry(max_attempts=3)
     inp = write_jsonl(tmp_path / "in.jsonl", prompt_rows(2))
-    async with Dispatcher(FleetTransport(MovingFleet()), concurrency=2, retry=retry.policy) as d:
-        results = [r async for r in vbatch.stream(str(inp), dispatcher=d, model="smol")]
+    async with (
+        Dispatcher(FleetTransport(MovingFleet()), concurrency=2, retry=retry.policy) as d,
+        vbatch.stream(str(inp), dispatcher=d, model="smol") as stream,
+    ):
+        results = [r async for r in stream]
     assert [r.error.code if r.error else None for r in results] == ["connect_error"] * 2
     assert all(r.attempts == 3 for r in results)
-
-
-class StartingFleet(MovingFleet):
-    """A fleet whose start takes until the job's output exists (at most 10 s), as vLLM takes a
-    minute to start: it tells whether the job read its input meanwhile."""
-
-    def __init__(self, url: str, output: Path) -> None:
-        super().__init__(url)
-        self.output = output
-        self.output_before_up: bool | None = None
-        self.stopped = False
-
-    async def start(self) -> None:
-        deadline = time.monotonic() + 10
-        while not self.output.exists() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        self.output_before_up = self.output.exists()
-
-    async def models(self) -> dict[str, int | None]:
-        return {"smol": 2048}  # it started them: it knows
-
-    async def wait_up(self) -> None:
-        pass
-
-    async def suspect(self, url: str) -> bool:
-        return False
-
-    def status(self) -> FleetStatus:
-        return FleetStatus(1, 1)
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-
-async def test_a_job_checks_its_input_and_opens_its_output_while_the_fleet_starts(
-    tmp_path: Path,
-) -> None:
-    server = FakeServer().start()
-    try:
-        out = tmp_path / "out.jsonl"
-        inp = write_jsonl(tmp_path / "in.jsonl", prompt_rows(20))
-        fleet = StartingFleet(server.base_url, out)
-        async with Dispatcher(FleetTransport(fleet), concurrency=4, fleet=fleet) as d:
-            summary = await vbatch.arun(str(inp), str(out), dispatcher=d, model="smol")
-        assert fleet.output_before_up and summary.stats.ok == 20 and fleet.stopped
-        # Bad input fails at once, not after the servers are up; they are stopped.
-        bad = tmp_path / "bad.jsonl"
-        bad.write_text(inp.read_text() + "{not json\n")
-        fleet = StartingFleet(server.base_url, tmp_path / "never")
-        t0 = time.monotonic()
-        with pytest.raises(InputError, match=r"bad\.jsonl:21: malformed JSON"):
-            async with Dispatcher(FleetTransport(fleet), concurrency=4, fleet=fleet) as d:
-                await vbatch.arun(str(bad), str(tmp_path / "bad.out.jsonl"), dispatcher=d)
-        assert time.monotonic() - t0 < 5 and fleet.output_before_up is None and fleet.stopped
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 def test_a_static_fleet_checks_its_urls() -> None:

@@ -14,9 +14,9 @@ from vbatch._input.ids import id_digest
 from vbatch._input.validate import InputIndex
 from vbatch._models import CHAT, COMPLETIONS
 from vbatch._output.records import format_batch_line, format_record, read_record_status
-from vbatch._output.resume import pending_mask, prepare_output
+from vbatch._output.resume import decide_resume, pending_mask, start_output
 from vbatch._output.sink import JsonlSink
-from vbatch._output.state import FileStateStore, ids_path, state_path
+from vbatch._output.state import ids_path, state_path
 from vbatch._output.writer import JsonlResultWriter, OutputState
 
 BODY = {
@@ -105,8 +105,18 @@ class Validator:
 def prepare_at(
     out: str, parts: dict, validate: Callable[[], InputIndex], **kw: bool
 ) -> tuple[OutputState, InputIndex]:
-    """``prepare_output`` for vbatch's own output: a JSONL file with its state files beside."""
-    return prepare_output(JsonlResultWriter(out), FileStateStore(out), parts, validate, **kw)
+    """The resume decision for vbatch's own output (a JSONL file with its state files beside),
+    then what a run's scan does: validate where no earlier index stands, and record it."""
+    writer = JsonlResultWriter(out)
+    resumption = decide_resume(writer, lambda: parts, **kw)
+    if resumption is not None and resumption.index is not None:
+        return resumption.previous, resumption.index
+    index = validate()
+    if resumption is None:
+        start_output(writer, parts, index, fresh=True)
+        return OutputState(), index
+    start_output(writer, resumption.parts, index, fresh=False)
+    return resumption.previous, index
 
 
 def prepare(out: str, parts: dict = PARTS, validate: Validator | None = None, **kw: bool):

@@ -1,5 +1,5 @@
-"""The output seam: ``iter_results`` writes through any ``ResultWriter`` and keeps job state in
-any ``JobStateStore`` (what the Batch API service will plug in), and resumes from them."""
+"""The output seam: ``iter_results`` writes through any ``ResultWriter``, which keeps the job's
+state too (as the Batch API service's does, in its database), and resumes from it."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ class MemoryWriter:
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
         self.ok: dict[Any, Result] = {}
         self.failed: dict[Any, Result] = {}
         self.opened = self.closed = 0
@@ -50,6 +51,12 @@ class MemoryWriter:
 
     def holds_results(self) -> bool:
         return bool(self.ok or self.failed)
+
+    def load_state(self) -> StoredJob:
+        return self.store.load()
+
+    def save_state(self, parts: dict[str, Any], index: InputIndex) -> None:
+        self.store.save(parts, index)
 
     def reset(self) -> None:
         self.ok.clear()
@@ -81,13 +88,16 @@ async def test_results_go_to_the_writer_and_a_rerun_resumes_from_it(
     rows = prompt_rows(40)
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     server.script("r3", [500, 500])  # r3 fails both attempts: the second run sends it again
-    writer, store = MemoryWriter(), MemoryStore()
+    store = MemoryStore()
+    writer = MemoryWriter(store)
     job = vbatch.make_job(str(inp), model="smol")
     async with vbatch.connect(server.base_url, concurrency=4, max_attempts=2) as d:
-        first = [r async for r in vbatch.iter_results(job, d, writer=writer, state=store)]
+        async with vbatch.iter_results(job, d, writer=writer) as results:
+            first = [r async for r in results]
         assert len(first) == 40 and set(writer.failed) == {"r3"} and len(writer.ok) == 39
         assert len(store.saved) == 1 and store.saved[0][1].rows == 40
-        again = [r async for r in vbatch.iter_results(job, d, writer=writer, state=store)]
+        async with vbatch.iter_results(job, d, writer=writer) as results:
+            again = [r async for r in results]
     assert [r.id for r in again] == ["r3"] and again[0].ok
     assert len(writer.ok) == 40
     assert len(store.saved) == 1  # the same job: its validated index was reused

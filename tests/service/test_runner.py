@@ -139,3 +139,88 @@ async def test_expired_files_are_removed(tmp_path: Path, server: FakeServer) -> 
             await runner.aclose()
     assert [f.id for f in store.files("o", None, None, 10, True)[0]] == [file_id]
     assert not Path(files.path(location)).exists()  # the bytes went with it
+
+
+def _add_input(store: Store, files: FileStore, rows: int) -> str:
+    file_id = new_id("file")
+    location = files.upload_location(file_id)
+    path = write_lines(Path(files.path(location)), batch_lines(rows))
+    store.add_file(FileRow(file_id, "o", path.stat().st_size, 0, None, "in.jsonl", "batch",
+                           location))  # fmt: skip
+    return file_id
+
+
+def _delete_input(store: Store, files: FileStore, file_id: str) -> None:
+    """As DELETE /v1/files/{id} does."""
+    row = store.file("o", file_id)
+    assert row is not None
+    store.delete_file("o", file_id)
+    files.remove(row.location)
+
+
+def _error_lines(store: Store, files: FileStore, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    errors = store.file("o", doc["error_file_id"])
+    assert errors is not None
+    return [json.loads(x) for x in Path(files.path(errors.location)).read_text().splitlines()]
+
+
+async def test_a_batch_expires_by_its_kept_custom_ids_with_its_input_deleted(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    server.latency = 0.05
+    store, files, file_id = _setup(tmp_path, 200)
+    clock = Clock()
+    batch_id = _batch(store, file_id, "validating", clock.now, 60)
+    async with vbatch.connect(server.base_url, concurrency=2) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=1000, clock=clock, tick_s=0.05)
+        runner.resume()
+        try:
+            while (runner.batch("o", batch_id) or {})["request_counts"]["completed"] < 5:
+                await asyncio.sleep(0.01)
+            assert store.custom_ids(batch_id) == [f"r{i}" for i in range(200)]  # validated
+            _delete_input(store, files, file_id)
+            clock.now += 61  # the window ends
+            doc = await _until_done(runner, store, batch_id)
+        finally:
+            await runner.aclose()
+    assert doc["status"] == "expired" and doc["errors"] is None
+    output = store.file("o", doc["output_file_id"])
+    assert output is not None
+    sent = [json.loads(x) for x in Path(files.path(output.location)).read_text().splitlines()]
+    expired = [x for x in _error_lines(store, files, doc) if x["error"]["code"] == "batch_expired"]
+    every = sorted(x["custom_id"] for x in sent + _error_lines(store, files, doc))
+    assert every == sorted(f"r{i}" for i in range(200))  # each row once, in one file or other
+    assert len(expired) > 100 and doc["request_counts"]["failed"] == len(expired)
+    assert store.custom_ids(batch_id) is None  # an ended batch keeps them no more
+
+
+async def test_a_batch_validated_before_the_ids_were_kept_reads_them_from_its_input(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    store, files, _ = _setup(tmp_path, 1)
+    clock = Clock()
+    past = clock.now - 7200
+    kept_input, old_input, gone_input = (_add_input(store, files, 30) for _ in range(3))
+    kept = _batch(store, kept_input, "in_progress", past, 3600)  # validated since: ids kept
+    store.save_custom_ids(kept, [f"r{i}" for i in range(30)])
+    old = _batch(store, old_input, "in_progress", past, 3600)  # before: none kept
+    gone = _batch(store, gone_input, "in_progress", past, 3600)  # before, and input deleted
+    _delete_input(store, files, kept_input)
+    _delete_input(store, files, gone_input)
+    async with vbatch.connect(server.base_url, concurrency=1) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=100, clock=clock)
+        runner.resume()
+        try:
+            docs = {k: await _until_done(runner, store, k) for k in (kept, old, gone)}
+        finally:
+            await runner.aclose()
+    for batch_id in (kept, old):
+        doc = docs[batch_id]
+        assert doc["status"] == "expired" and doc["request_counts"]["failed"] == 30
+        lines = _error_lines(store, files, doc)
+        assert sorted(x["custom_id"] for x in lines) == sorted(f"r{i}" for i in range(30))
+        assert {x["error"]["code"] for x in lines} == {"batch_expired"}
+    # Neither kept nor readable: the batch cannot name its rows, and fails saying why.
+    assert docs[gone]["status"] == "failed"
+    assert "input file was deleted" in docs[gone]["errors"]["data"][0]["message"]
+    assert server.generation_requests == 0

@@ -12,6 +12,7 @@ import pytest
 from vbatch._errors import ResumeError
 from vbatch._input.validate import InputIndex
 from vbatch._output.state import fingerprint
+from vbatch._service import migrations
 from vbatch._service.auth import Keys, check_host
 from vbatch._service.ids import is_id, new_id
 from vbatch._service.migrations import MIGRATIONS, migrate
@@ -77,3 +78,32 @@ def test_keys() -> None:
     check_host("::1", Keys([]))
     with pytest.raises(Exception, match="loopback"):
         check_host("0.0.0.0", Keys([]))
+
+
+def test_a_batchs_custom_ids_round_trip_and_go(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "api.db"))
+    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "batch_custom_ids" in tables
+    assert store.custom_ids("batch_x") is None  # validated before they were kept: none
+    store.save_custom_ids("batch_x", ["b", "a", "é"])
+    store.save_custom_ids("batch_y", ["y"])
+    assert store.custom_ids("batch_x") == ["b", "a", "é"]  # in input order
+    store.drop_custom_ids("batch_x")
+    assert store.custom_ids("batch_x") is None and store.custom_ids("batch_y") == ["y"]
+
+
+def test_a_database_from_before_the_custom_ids_gets_their_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "api.db"
+    names = [m.__name__ for m in MIGRATIONS]
+    before = MIGRATIONS[: names.index("m005_batch_custom_ids")]
+    with monkeypatch.context() as patch:  # a service of before m005 made this database
+        patch.setattr(migrations, "MIGRATIONS", before)
+        Store(str(path)).close()
+    store = Store(str(path))  # this one, starting on it, runs what it lacks
+    ran = [r[0] for r in store.db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+    assert ran == names
+    assert store.custom_ids("batch_x") is None
+    store.save_custom_ids("batch_x", ["a"])
+    assert store.custom_ids("batch_x") == ["a"]

@@ -14,11 +14,13 @@ from .._config import (
     DEFAULT_HOST,
     MAX_BATCH_LINES,
     MAX_FILE_BYTES,
-    ClientOptions,
     LaunchOptions,
     OverflowPolicy,
 )
 from .._errors import VbatchError
+from .._fleet.base import base_urls
+from .._fleet.factory import FleetTarget
+from .._options import client_options as client_settings
 from .commands import UserError, _fail
 from .options import client_options, engine_options
 
@@ -121,19 +123,19 @@ def api_command(
             f"vbatch api needs the api extra (pip install 'vbatch[api]'): {exc}"
         ) from None
     try:
-        launch = LaunchOptions.pop_from(dict(engine))
-        if base_url and launch.given():
-            flag = "--" + launch.given()[0].replace("_", "-")
-            raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
+        fleet = FleetTarget(tuple(base_urls(list(base_url))), model=model,
+                            launch=LaunchOptions.pop_from(dict(engine)),
+                            down_timeout_s=down_timeout_s)  # fmt: skip
         secret = os.environ.get("VBATCH_WEBHOOK_SECRET")
         if webhook_secret_file is not None:
             with open(webhook_secret_file, encoding="utf-8") as f:
                 secret = f.read().strip()
         settings = ServiceSettings(
             keys=load_keys(api_key_file), host=host, port=port,
-            data_dir=data_dir or default_data_dir(), base_urls=base_url, model=model,
-            launch=launch,
-            client=ClientOptions(api_key, concurrency, timeout_s, max_attempts, down_timeout_s),
+            data_dir=data_dir or default_data_dir(), fleet=fleet,
+            client=client_settings(dict(api_key=api_key, concurrency=concurrency,
+                                       timeout_s=timeout_s, max_attempts=max_attempts,
+                                       down_timeout_s=down_timeout_s)),
             on_overflow=on_overflow, max_lines=max_lines, max_file_bytes=max_file_bytes,
             webhook_url=webhook_url, webhook_secret=secret,
         )  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import signal
@@ -16,8 +15,6 @@ import orjson
 
 from .._api import arun, run_sync
 from .._config import ORDERS, LaunchOptions, Order
-from .._engine.plan import plan_server
-from .._engine.server import VllmServer
 from .._errors import (
     ConfigError,
     FleetError,
@@ -30,11 +27,13 @@ from .._errors import (
     TransportError,
     VbatchError,
 )
+from .._fleet.factory import FleetFactory, FleetTarget, running
 from .._job import RunSummary
 from .._output.files import check_writable
 from .._output.merge import merge
 from .._output.parquet import write_parquet
 from .._progress import choose_progress
+from .._tasks import CancelledOn
 from .options import client_options, input_options, launch_options, output_options, request_options
 from .report import announce, print_summary
 
@@ -136,10 +135,6 @@ def run_command(
     3 no server could take requests any more (results so far kept); 130 interrupted.
     """
     try:
-        given = LaunchOptions.pop_from(dict(options)).given()
-        if base_url and given:
-            flag = "--" + given[0].replace("_", "-")
-            raise UserError(f"{flag} applies only to a server vbatch starts (no --base-url)")
         for side_file in (metrics_json, parquet_path):
             if side_file:
                 check_writable(side_file)
@@ -152,17 +147,16 @@ def run_command(
         summary: RunSummary = run_sync(
             _until_interrupted(
                 lambda stop: arun(input_path, output, base_url=list(base_url) or None,
-                                  api_key=api_key,
-                                  concurrency=concurrency, timeout_s=timeout_s,
-                                  max_attempts=max_attempts, progress=progress, stop=stop,
+                                  api_key=api_key, concurrency=concurrency,
+                                  timeout_s=timeout_s, max_attempts=max_attempts,
+                                  progress=progress, stop_event=stop,
                                   on_launch=None if quiet else announce, **options)
             )
         )  # fmt: skip
     except VbatchError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        click.echo("vbatch: interrupted", err=True)
-        sys.exit(130)
+    except TypeError as exc:  # pragma: no cover - a flag without its option: a bug
+        raise UserError(str(exc)) from None
     if metrics_json:
         try:
             with open(metrics_json, "wb") as f:
@@ -193,30 +187,17 @@ def serve_command(model: str | None, **options: Any) -> None:
     the servers on a Ray cluster and prints their URLs (comma-separated, for --base-url) once
     all are up; a server Ray restarts comes back at a new URL, which it prints too.
     """
+    ray = options.pop("ray", None)
     try:
         launch = LaunchOptions.pop_from(options)
-        if options.get("ray") is not None:
-            sys.exit(run_sync(_serve_on_ray(model, launch, options["ray"])))
-        if launch.replicas is not None and launch.replicas > 1:
+        if ray is None and launch.replicas is not None and launch.replicas > 1:
             raise UserError("serve starts one server; run several for replicas")
-        plan = plan_server(model, None, dataclasses.replace(launch, replicas=1))
-        server = VllmServer(plan.spec)
-        server.start()
-        try:
-            announce(plan, [server])
-            server.wait_healthy()
-            click.echo(f"vbatch: serving {plan.served_model} at {server.base_url}", err=True)
-            click.echo(server.base_url)
-            # Blocked only now: the server must not inherit a mask that hides SIGTERM from it.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        finally:
-            click.echo("vbatch: stopping the server...", err=True)
-            server.stop()
+        if ray is None:
+            launch = dataclasses.replace(launch, replicas=1)
+        target = FleetTarget(ray=ray, model=model, launch=launch)
+        sys.exit(run_sync(_serve(target)))
     except VbatchError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 @cli.command("merge")
@@ -261,30 +242,30 @@ def merge_command(shards: tuple[str, ...], output: str, input_path: str | None, 
                err=True)  # fmt: skip
 
 
-async def _serve_on_ray(model: str | None, launch: LaunchOptions, address: str) -> int:
-    from .._fleet.ray import connect, plan_ray_fleet  # Ray is imported only when asked for
-
-    connect(address or None)
-    fleet, plan = await asyncio.to_thread(plan_ray_fleet, model, None, launch)
+async def _serve(target: FleetTarget) -> int:
+    """Start the target's servers, print their URLs (again when they change: Ray restarts a
+    member at a new one), keep them until Ctrl-C or SIGTERM, then stop them."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await fleet.start()
-    try:
-        shown: tuple[str, ...] = ()
-        while not stop.is_set():
-            up = tuple(fleet.endpoints())
-            if (len(up) == fleet.shape.count and up != shown) or (shown and set(up) - set(shown)):
-                click.echo(f"vbatch: serving {plan.served_model} on {len(up)} Ray members",
-                           err=True)  # fmt: skip
-                click.echo(",".join(up))
-                shown = up
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-    finally:
-        click.echo("vbatch: stopping the servers...", err=True)
-        await fleet.stop()
+    async with FleetFactory(target) as factory, CancelledOn(stop):
+        # Planned in a thread: the embedded model is converted on first use.
+        built = await asyncio.to_thread(factory.build, None, on_launch=announce)
+        assert built.plan is not None
+        async with running(built.fleet) as fleet:
+            shown: tuple[str, ...] = ()
+            try:
+                while True:
+                    up = tuple(fleet.endpoints())
+                    if up and up != shown:
+                        click.echo(f"vbatch: serving {built.plan.served_model} at "
+                                   f"{', '.join(up)}", err=True)  # fmt: skip
+                        click.echo(",".join(up))
+                        shown = up
+                    await asyncio.sleep(1.0)
+            finally:
+                click.echo("vbatch: stopping the servers...", err=True)
     return 0
 
 

@@ -18,7 +18,13 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from .._config import DEFAULT_CONCURRENCY, MAX_WINDOW, MONITOR_INTERVAL_S, OverflowPolicy
+from .._config import (
+    DEFAULT_CONCURRENCY,
+    MAX_WINDOW,
+    MONITOR_INTERVAL_S,
+    ClientOptions,
+    OverflowPolicy,
+)
 from .._errors import ConfigError
 from .._fleet.base import Fleet, FleetStatus
 from .._models import PreparedRequest, Result
@@ -33,11 +39,7 @@ from .transport import Transport
 from .window import WindowController
 from .workers import WorkerPool
 
-__all__ = ["Dispatcher", "DispatcherSnapshot"]
-
-
-class _Interrupted(Exception):
-    """``KeyboardInterrupt`` on its way out of the fleet's start task (see ``ready``)."""
+__all__ = ["Dispatcher", "DispatcherSnapshot", "dispatcher_for"]
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,14 @@ class Dispatcher:
         fleet: Fleet | None = None,
         window_per_member: int | None = None,
     ) -> None:
-        """With a ``fleet``, the dispatcher starts and stops it and a row whose server died is
+        """With a ``fleet`` (started: its lifetime is its owner's), a row whose server died is
         sent again uncharged (sender.py); with ``window_per_member`` too, the fixed window is
         that many times the members up, following them as they join and leave."""
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
         self.transport = transport
         self.fleet = fleet
-        self._starting: asyncio.Task[None] | None = None
-        self.server = ServerInfo(transport, fleet.models if fleet else None, self.ready)
+        self.server = ServerInfo(transport, fleet.models if fleet else None)
         self.sender = Sender(transport, retry or RetryPolicy.default(), self.server, fleet)
         # adaptive: follow the server's load (its /metrics) instead of a fixed window.
         self.adaptive = adaptive
@@ -99,32 +100,8 @@ class Dispatcher:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Dispatcher:
-        if self.fleet is not None:
-            # In the background: a job reads and checks its input and opens its output while
-            # vLLM starts (a minute on a GPU), and sends once ``ready``.
-            self._starting = asyncio.create_task(self._start_fleet(self.fleet))
-            await asyncio.sleep(0)  # let it begin at once
         self.start()
         return self
-
-    @staticmethod
-    async def _start_fleet(fleet: Fleet) -> None:
-        try:
-            await fleet.start()
-        except KeyboardInterrupt:
-            # A task must not raise it (asyncio re-raises it out of the loop at once): it is
-            # carried to whoever awaits ``ready`` and raised there.
-            raise _Interrupted from None
-
-    async def ready(self) -> None:
-        """Return once the fleet takes requests; raise why it could not start (a
-        ``LaunchError``; ``KeyboardInterrupt`` when stopped while starting)."""
-        if self._starting is None:
-            return
-        try:
-            await asyncio.shield(self._starting)
-        except _Interrupted:
-            raise KeyboardInterrupt from None
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -135,18 +112,9 @@ class Dispatcher:
             self.monitor.start()
 
     async def aclose(self) -> None:
-        starting, self._starting = self._starting, None
-        if starting is not None:
-            # Ended, not awaited: why it failed was raised by ``ready`` already, if anyone asked.
-            starting.cancel()
-            await asyncio.wait([starting])
-            if not starting.cancelled():
-                starting.exception()
         await self.monitor.aclose()
         await self.pool.aclose()
         await self.transport.aclose()
-        if self.fleet is not None:
-            await self.fleet.stop()
 
     def resize(self, concurrency: int) -> None:
         """Change the window while running."""
@@ -196,7 +164,6 @@ class Dispatcher:
         once take turns at the window, ``weight`` rows for each one of a job of weight 1.
         """
         self.start()
-        await self.ready()
         stats = stats or Stats()
         stats.begin_sending()
         window = reorder_window or 4 * self.concurrency
@@ -241,5 +208,24 @@ class Dispatcher:
         on_overflow: OverflowPolicy = "error",
     ) -> Result:
         """Send one request with retries; always returns a ``Result`` (errors become records)."""
-        await self.ready()
         return await self.sender.send(request, stats, on_overflow)
+
+
+def dispatcher_for(
+    fleet: Fleet,
+    client: ClientOptions,
+    retry: RetryPolicy | None = None,
+    window_per_member: int | None = None,
+) -> Dispatcher:
+    """A dispatcher over a started ``fleet``: a fixed window (``client.concurrency``, else
+    ``window_per_member`` for each member up), or without either an adaptive one."""
+    transport = FleetTransport(fleet, client.api_key, client.timeout_s)
+    fixed = client.concurrency or window_per_member
+    return Dispatcher(
+        transport,
+        concurrency=fixed or DEFAULT_CONCURRENCY,
+        adaptive=fixed is None,
+        retry=retry or RetryPolicy.default(client.max_attempts),
+        fleet=fleet,
+        window_per_member=None if client.concurrency else window_per_member,
+    )

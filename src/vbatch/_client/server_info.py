@@ -1,8 +1,7 @@
 """What the server serves, asked once: ``GET /v1/models`` gives the model names and, from vLLM,
 each one's ``max_model_len``. The job uses it to default the model and to notice replies the
 server shortened to fit; overflow handling uses it to know the room left. A fleet that started
-the servers knows the answer before they are up (``known``); otherwise the question waits for
-``ready``."""
+the servers knows the answer before they are up (``known``); otherwise the servers are asked."""
 
 from __future__ import annotations
 
@@ -22,11 +21,9 @@ class ServerInfo:
         self,
         transport: Transport,
         known: Callable[[], Awaitable[Mapping[str, int | None] | None]] | None = None,
-        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._transport = transport
         self._known = known
-        self._ready = ready
         self._served: dict[str, int | None] | None = None
         # The context size of the model being sent to, once known; lets a reply that the server
         # shortened to fit be marked as clamped.
@@ -40,8 +37,6 @@ class ServerInfo:
             if known is not None:
                 self._served = dict(known)
         if self._served is None:
-            if self._ready is not None:
-                await self._ready()
             response = await self._transport.request("GET", API_PREFIX + "/models")
             try:
                 models = orjson.loads(response.content)["data"]

@@ -1,4 +1,6 @@
-"""Live counters of one job. The dispatcher writes them; progress displays only read them."""
+"""Live counters of one job: its rows, tokens, retries and timing. The dispatcher writes them;
+progress displays only read them. The servers' side (their load, the window, the fleet) is the
+dispatcher's ``snapshot()``, which a display reads beside these."""
 
 from __future__ import annotations
 
@@ -31,17 +33,6 @@ class Stats:
     # the fleet starts.
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
-    # Server-side view, filled by whatever polls the server's /metrics (None when unknown).
-    server_running: int | None = None
-    server_waiting: int | None = None
-    # The fleet's view, filled from its status: servers held, up now, restarted so far.
-    servers: int | None = None
-    servers_up: int | None = None
-    restarts: int = 0
-    window: int | None = None  # the dispatcher's current in-flight limit
-    window_capped: bool = False  # an adaptive window held small: a bigger one was slower
-    # An adaptive window's changes, (seconds since start, window, output tok/s it replaced).
-    window_history: list[tuple[float, int, float]] | None = None
     cpu_start_s: float = field(default_factory=time.process_time)
     cpu_end_s: float | None = None
 
@@ -71,6 +62,13 @@ class Stats:
         if self.total is None:
             return None
         return max(0, self.total - self.skipped - self.done)
+
+    @property
+    def input_sent(self) -> bool:
+        """Every row left is in flight or waiting out a back-off: nothing more to send, so
+        fewer in flight than the window is the input's end, not the client holding back."""
+        remaining = self.remaining
+        return remaining is not None and remaining <= self.in_flight + self.retrying
 
     @property
     def elapsed_s(self) -> float:
@@ -108,7 +106,6 @@ class Stats:
             "failed": self.failed,
             "retries": self.retries,
             "requeued": self.requeued,
-            "restarts": self.restarts,
             "clamped": self.clamped,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -117,8 +114,6 @@ class Stats:
             "requests_per_s": round(self.requests_per_s, 2),
             "output_tokens_per_s": round(self.output_tokens_per_s, 1),
             "client_cpu_s": round(self.client_cpu_s, 3),
-            "window": self.window,
-            "window_history": self.window_history,
         }
 
     @property

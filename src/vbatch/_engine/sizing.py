@@ -11,8 +11,9 @@ of a list: each item is its own sequence) and asks for no output tokens.
 The launch plan also wants what a typical row holds (how many sequences fit a KV cache), so the
 first ``SAMPLE_ROWS`` rows are all counted and their means kept. The launcher plans from those
 first rows alone (``limit``) and starts vLLM, then measures the rest while vLLM starts: English
-text has ~5 bytes a token, so long prompts are rarely skipped by the byte bound and a full count
-of 16,000 1k-token prompts took 8.8 s on two cores.
+text has several bytes a token, so the byte bound rarely skips a long prompt, and counting
+every prompt of a big job takes seconds that vLLM's start-up can hide. Measured:
+docs/benchmarks.md §1 ("Sizing a self-launched server") and §4.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class InputMeasure:
 
 
 def _load_tokenizer(model_dir: Path | None) -> Callable[[list[str]], list[int]] | None:
-    """Token counts of many texts at once (the Rust tokenizer spreads a batch over the cores:
-    one at a time, counting a million prompts took 86 s on two cores)."""
+    """Token counts of many texts at once (the Rust tokenizer spreads a batch over the cores,
+    which one text at a time does not; measured: docs/benchmarks.md §1, "Sizing a
+    self-launched server")."""
     if model_dir is None or not (model_dir / "tokenizer.json").exists():
         return None
     try:
@@ -107,9 +109,11 @@ def measure_requests(
     model_dir: Path | None,
     default_max_tokens: int | None,
     limit: int | None = None,
+    fits: int | None = None,
 ) -> InputMeasure:
     """One streaming pass: the longest prompt in tokens and the most any row needs in total
-    (over the first ``limit`` rows only, when given)."""
+    (over the first ``limit`` rows only, when given). With ``fits`` (a planned context), rows
+    whose UTF-8 length plus ``max_tokens`` fits it are not counted: they cannot need more."""
     count = _load_tokenizer(model_dir)
     m = InputMeasure()
     # Rows to count: (text, overhead, max_tokens, in the sample).
@@ -151,6 +155,8 @@ def measure_requests(
             add(len(text) + overhead, wanted, sampled)
             continue
         bound = len(text.encode("utf-8")) + overhead + 2
+        if fits is not None and wanted is not None and bound + wanted <= fits:
+            continue  # it cannot need more context than ``fits``: no need to count it
         # Cheap skip: even at one token per byte this row can't beat what we have.
         if (
             not sampled

@@ -27,34 +27,33 @@ from .base import FleetStatus
 from .replica import Replica, Supervision
 from .roster import Prober, Roster
 
-__all__ = ["LocalFleet"]
+__all__ = ["LocalFleet", "OnLaunch", "Settle"]
 
 
 Settle = Callable[[], Awaitable[LaunchPlan | None]]
+OnLaunch = Callable[[LaunchPlan, list[VllmServer]], None]
 
 
 class LocalFleet:
     def __init__(
         self,
         plan: LaunchPlan,
-        on_launch: Callable[[LaunchPlan, list[VllmServer]], None] | None = None,
-        stop: asyncio.Event | None = None,
+        on_launch: OnLaunch | None = None,
         max_restarts: int = MAX_RESTARTS,
         interval_s: float = HEALTH_INTERVAL_S,
         probe: Callable[[str], Awaitable[bool]] | None = None,
         settle: Settle | None = None,
     ) -> None:
         """``on_launch`` is told once the first servers' processes are started (the CLI prints
-        where their log is); setting ``stop`` while the first starts ends start-up with
-        ``KeyboardInterrupt``. ``settle`` gives the plan to start again from, if the rest of
-        the data needs one (see the module's docstring)."""
+        where their log is). ``settle`` gives the plan to start again from, if the rest of the
+        data needs one (see the module's docstring). Cancelling ``start`` stops what it
+        started."""
         self._prober = Prober()
         self._probe = probe or self._prober
         self._interval_s = interval_s
         self._max_restarts = max_restarts
         self._build(plan)
         self._on_launch = on_launch
-        self._stop = stop
         self._settle = settle
         self._settled = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
@@ -103,7 +102,7 @@ class LocalFleet:
             self._on_launch(self.plan, self.servers)
         self._watchers = [asyncio.create_task(r.watch(r in first)) for r in self.replicas]
         try:
-            await self.roster.wait_up_unless(self._stop)
+            await self.roster.wait_up()
         except BaseException as exc:
             await self.stop()
             if isinstance(exc, FleetError) and self.shared.startup_error is not None:

@@ -7,7 +7,8 @@ Three row shapes, detected per file from the first row:
 Keys of a prompt/messages row that are request-body fields override the job's defaults for that
 row; other keys (metadata columns) are not sent. With ``--endpoint embeddings`` a row's
 ``input`` (else its prompt column or template) is embedded: POST /embeddings, whose body takes
-the job's model and extra body but none of its sampling defaults.
+the job's model and extra body but none of its sampling defaults. Whether a row's id, payload
+and model are acceptable is ``checks.RowChecks``'s to say.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .._batchline import INPUT_KEYS, PAYLOAD_KEYS, parse_input_line
 from .._config import EndpointMode
 from .._errors import InputError
 from .._models import CHAT, COMPLETIONS, EMBEDDINGS, PreparedRequest, RequestDefaults
+from .checks import RowChecks, Setting
 from .sources import RawRow
 
 __all__ = ["BODY_FIELDS", "EMBEDDING_FIELDS", "FieldMap", "RequestBuilder"]
@@ -69,6 +71,11 @@ class FieldMap:
 class RequestBuilder:
     """Builds ``PreparedRequest``s for one input file; raises ``InputError`` naming the line."""
 
+    # Kept by the row checks; read and set here as before.
+    require_model = Setting[bool]()
+    model_hint = Setting[str]()
+    served = Setting[Collection[str] | None]()
+
     def __init__(
         self,
         path: str,
@@ -81,8 +88,9 @@ class RequestBuilder:
         force_model: bool = False,
     ) -> None:
         """``served``: the models the server serves, when known (a row naming another is an
-        error here, not a failed request later). ``force_model``: the defaults' model replaces
-        every row's own, an OpenAI Batch line's body model included."""
+        error here, not a failed request later; when not, ``check_served`` does it once they
+        are). ``force_model``: the defaults' model replaces every row's own, an OpenAI Batch
+        line's body model included."""
         self.path = path
         self.defaults = defaults
         self.fields = fields or FieldMap()
@@ -91,11 +99,14 @@ class RequestBuilder:
         # Sampling defaults mean nothing to an embedding model: only the model and extra body.
         self._embed_base = {k: v for k, v in self._base.items() if k == "model"}
         self._embed_base.update(defaults.extra_body)
-        self.require_model = require_model
-        self.model_hint = model_hint
-        self.served = served
+        self.checks = RowChecks(path, require_model, model_hint, served)
         self.force_model = force_model and defaults.model is not None
         self.batch_lines: bool | None = None  # decided by the first row
+
+    def check_served(self, served: Collection[str]) -> None:
+        """The served-model check of the rows built so far without ``served``: raises the
+        ``InputError`` building them with it would have raised (see ``RowChecks``)."""
+        self.checks.check_served(served)
 
     def build(self, row: RawRow) -> PreparedRequest:
         data = row.data
@@ -111,15 +122,7 @@ class RequestBuilder:
         return self._from_row(row)
 
     def _error(self, row: RawRow, message: str) -> InputError:
-        return InputError(self.path, row.line, message)
-
-    def _row_id(self, row: RawRow, field: str) -> str | int:
-        value = row.data.get(field)
-        if value is None:
-            return row.line
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise self._error(row, f"{field!r} must be a string or an integer, got {value!r}")
-        return value
+        return self.checks.error(row, message)
 
     def _from_batch_line(self, row: RawRow) -> PreparedRequest:
         try:
@@ -131,17 +134,17 @@ class RequestBuilder:
             raise self._error(row, f"'url' is {row.data.get('url')!r} but this job's endpoint "
                                    f"is {self.endpoint} (/v1{wanted})")  # fmt: skip
         key = PAYLOAD_KEYS[line.endpoint]
-        self._check_payload(row, key, line.body[key])
+        self.checks.payload(row, key, line.body[key])
         base = self._embed_base if line.endpoint == EMBEDDINGS else self._base
         merged = {**base, **line.body}
         if self.force_model:
             merged["model"] = self.defaults.model
-        self._check_model(row, merged)
+        self.checks.model(row, merged)
         return PreparedRequest(row.index, line.custom_id, line.endpoint, merged)
 
     def _from_row(self, row: RawRow) -> PreparedRequest:
         data, f = row.data, self.fields
-        row_id = self._row_id(row, f.id_field or "id")
+        row_id = self.checks.row_id(row, f.id_field or "id")
         embed = self.endpoint == "embeddings"
         body = dict(self._embed_base if embed else self._base)
         fields = EMBEDDING_FIELDS if embed else BODY_FIELDS
@@ -165,16 +168,16 @@ class RequestBuilder:
             text = prompt if f.template is not None else data.get("input", prompt)
             if text is None:
                 raise self._error(row, f"row has neither 'input' nor {f.prompt_field!r} to embed")
-            self._check_payload(row, "input", text)
+            self.checks.payload(row, "input", text)
             body["input"] = text
-            self._check_model(row, body)
+            self.checks.model(row, body)
             return PreparedRequest(row.index, row_id, EMBEDDINGS, body)
         if messages is not None and self.endpoint != "completions":
-            self._check_payload(row, "messages", messages)
+            self.checks.payload(row, "messages", messages)
             endpoint = CHAT
             body["messages"] = self._with_system(messages)
         elif prompt is not None:
-            self._check_payload(row, "prompt", prompt)
+            self.checks.payload(row, "prompt", prompt)
             if self.endpoint == "chat":
                 if not isinstance(prompt, str):
                     raise self._error(row, "a prompt sent as a chat message must be a string")
@@ -191,7 +194,7 @@ class RequestBuilder:
             raise self._error(
                 row, f"row has neither {what} (nor an OpenAI Batch 'custom_id' and 'body'){hint}"
             )
-        self._check_model(row, body)
+        self.checks.model(row, body)
         return PreparedRequest(row.index, row_id, endpoint, body)
 
     def _with_system(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -199,53 +202,3 @@ class RequestBuilder:
         if system is None or (messages and messages[0].get("role") == "system"):
             return messages
         return [{"role": "system", "content": system}, *messages]
-
-    def _check_payload(self, row: RawRow, key: str, value: Any) -> None:
-        if key == "input":
-            if not _embeddable(value):
-                raise self._error(
-                    row, "'input' must be a non-empty string, a list of them, or token ids "
-                         "(a list of ints, or a list of such lists)")  # fmt: skip
-            return
-        if key == "prompt":
-            if isinstance(value, str):
-                if not value:
-                    raise self._error(row, "'prompt' is empty")
-                return
-            if isinstance(value, list) and value and all(type(t) is int for t in value):
-                return  # token ids
-            raise self._error(row, "'prompt' must be a non-empty string or a list of token ids")
-        if not isinstance(value, list) or not value:
-            raise self._error(row, "'messages' must be a non-empty list")
-        for i, message in enumerate(value):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise self._error(row, f"messages[{i}] must be an object with a string 'role'")
-
-    def _check_model(self, row: RawRow, body: dict[str, Any]) -> None:
-        if not self.require_model:
-            return
-        model = body.get("model")
-        if not model:
-            hint = f" ({self.model_hint})" if self.model_hint else ""
-            raise self._error(row, f"no model: pass --model or give the row a 'model'{hint}")
-        served = self.served
-        if served is not None and model not in served:
-            raise self._error(
-                row,
-                f"model {model!r} is not served here (the server serves "
-                f"{', '.join(map(repr, served))}); --model NAME sends every row to NAME",
-            )
-
-
-def _embeddable(value: Any) -> bool:
-    """What vLLM's /v1/embeddings takes as ``input``: str | list[str] | list[int] |
-    list[list[int]], none of them empty."""
-    if isinstance(value, str):
-        return bool(value)
-    if not isinstance(value, list) or not value:
-        return False
-    if all(type(v) is int for v in value):
-        return True
-    if all(isinstance(v, str) and v != "" for v in value):
-        return True
-    return all(isinstance(v, list) and v and all(type(t) is int for t in v) for v in value)

@@ -7,10 +7,12 @@ messages cite (the file's line for JSONL and CSV, the 1-based row number for Par
 from __future__ import annotations
 
 import codecs
+import hashlib
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -18,7 +20,30 @@ import orjson
 from .._config import InputFormat
 from .._errors import InputError
 
-__all__ = ["RawRow", "Source", "detect_format", "open_source"]
+__all__ = ["Digest", "RawRow", "Source", "detect_format", "file_digest", "open_source"]
+
+
+class Digest(Protocol):
+    """What ``hashlib`` objects offer: the input's digest is taken while it is read."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def new_digest() -> Digest:
+    return hashlib.sha256()
+
+
+def finish_digest(digest: Digest) -> str:
+    return digest.hexdigest()[:32]
+
+
+def file_digest(path: str) -> str:
+    """Content identity of the input: a renamed or touched file still resumes, an edited one not."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:32]
+
 
 _EXTENSIONS = {
     ".jsonl": "jsonl",
@@ -63,24 +88,46 @@ class Source:
         self.path = path
         self.format = fmt
 
-    def rows(self, pending: np.ndarray | None = None) -> Iterator[RawRow]:
+    def rows(self, pending: np.ndarray | None = None, digest: Digest | None = None,
+             limit: int | None = None) -> Iterator[RawRow]:  # fmt: skip
         """Stream the rows; with ``pending`` (a bool mask by row index) skip the others cheaply.
 
         Skipped JSONL lines are not even parsed, which is what makes resuming a nearly finished
-        million-row job start sending within seconds.
+        million-row job start sending within seconds. ``digest`` is fed every byte of a JSONL
+        file as it is read (``reads_digest``), so the pass that reads rows also names the
+        input; after ``limit`` rows the rest is only hashed, not parsed.
         """
         if self.format == "jsonl":
-            return self._jsonl(pending)
+            return self._jsonl(pending, digest, limit)
         if self.format == "csv":
-            return self._arrow(self._csv_batches(), pending, line_offset=2)
-        return self._arrow(self._parquet_batches(), pending, line_offset=1)
+            rows = self._arrow(self._csv_batches(), pending, line_offset=2)
+        else:
+            rows = self._arrow(self._parquet_batches(), pending, line_offset=1)
+        return rows if limit is None else itertools.islice(rows, limit)
 
-    def _jsonl(self, pending: np.ndarray | None) -> Iterator[RawRow]:
+    @property
+    def reads_digest(self) -> bool:
+        """Whether ``rows(digest=...)`` feeds the digest (JSONL); else ``file_digest`` it."""
+        return self.format == "jsonl"
+
+    def _jsonl(
+        self, pending: np.ndarray | None, digest: Digest | None, limit: int | None
+    ) -> Iterator[RawRow]:
         index = 0
+        yielded = 0
         with open(self.path, "rb") as f:
-            if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:  # as Windows tools write them
+            bom = f.read(len(codecs.BOM_UTF8))
+            if bom != codecs.BOM_UTF8:  # as Windows tools write them
                 f.seek(0)
+            elif digest is not None:
+                digest.update(bom)
             for line_no, line in enumerate(f, start=1):
+                if digest is not None:
+                    digest.update(line)
+                if limit is not None and yielded >= limit:
+                    if digest is None:
+                        return
+                    continue  # hashed, not parsed
                 if not line.strip():
                     continue
                 if pending is not None and not pending[index]:
@@ -95,6 +142,7 @@ class Source:
                     raise InputError(self.path, line_no, f"expected a JSON object, got {kind}")
                 yield RawRow(index, line_no, data)
                 index += 1
+                yielded += 1
 
     def _csv_batches(self) -> Iterator[Any]:
         import pyarrow as pa

@@ -4,17 +4,19 @@ passes here cannot fail to build later."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._config import MAX_REPORTED_ERRORS
 from .._errors import InputError
+from .._models import PreparedRequest
 from .ids import DigestList, id_digest
 from .requests import RequestBuilder
-from .sources import Source
+from .sources import Digest, Source
 
-__all__ = ["InputIndex", "validate_input"]
+__all__ = ["InputIndex", "index_of", "iter_validated", "validate_input"]
 
 
 @dataclass
@@ -27,17 +29,20 @@ class InputIndex:
     digests: np.ndarray
 
 
-def validate_input(
+def iter_validated(
     source: Source,
     builder: RequestBuilder,
+    ids: DigestList,
     errors: list[InputError] | None = None,
     max_errors: int = MAX_REPORTED_ERRORS,
-) -> InputIndex:
-    """Index the input, raising ``InputError`` at its first bad row; with ``errors`` (the Batch
-    API names every bad line) bad rows are added there instead and the pass goes on, up to
-    ``max_errors`` of them or a line that is not JSON at all."""
-    ids = DigestList()
-    rows = source.rows()
+    digest: Digest | None = None,
+) -> Iterator[PreparedRequest]:
+    """Build every row, adding its id to ``ids``, and yield its request: the validating pass,
+    which a caller may also use for what else it needs of each row (sizing it). Raises
+    ``InputError`` at the first bad row; with ``errors`` (the Batch API names every bad line)
+    bad rows are added there instead and the pass goes on, up to ``max_errors`` of them or a
+    line that is not JSON at all."""
+    rows = source.rows(digest=digest)
     while True:
         try:
             row = next(rows)
@@ -49,13 +54,25 @@ def validate_input(
             errors.append(exc)
             break
         try:
-            ids.append(builder.build(row).id)
+            request = builder.build(row)
         except InputError as exc:
             if errors is None:
                 raise
             errors.append(exc)
             if len(errors) >= max_errors:
                 break
+            continue
+        ids.append(request.id)
+        yield request
+
+
+def index_of(
+    source: Source,
+    builder: RequestBuilder,
+    ids: DigestList,
+    errors: list[InputError] | None = None,
+) -> InputIndex:
+    """The index of a finished validating pass, once no id is there twice."""
     try:
         if len(ids) == 0 and not errors:
             raise InputError(source.path, None, "the input has no rows")
@@ -67,6 +84,19 @@ def validate_input(
             raise
         errors.append(exc)
     return InputIndex(len(ids), bool(builder.batch_lines), ids.to_numpy())
+
+
+def validate_input(
+    source: Source,
+    builder: RequestBuilder,
+    errors: list[InputError] | None = None,
+    max_errors: int = MAX_REPORTED_ERRORS,
+) -> InputIndex:
+    """Index the input in one validating pass (see ``iter_validated``)."""
+    ids = DigestList()
+    for _ in iter_validated(source, builder, ids, errors, max_errors):
+        pass
+    return index_of(source, builder, ids, errors)
 
 
 def _report_duplicate(source: Source, builder: RequestBuilder, digests: set[int]) -> None:

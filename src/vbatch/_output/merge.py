@@ -22,7 +22,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
 from .._config import ENDPOINT_MODES, ORDERS, Order, check_choice
 from .._errors import MergeError, ResumeError
@@ -33,8 +32,8 @@ from .._input.validate import InputIndex
 from .._models import RequestDefaults
 from .files import replacing
 from .lock import OutputLock
-from .records import read_record_status
 from .resume import pending_mask
+from .scan import Record, RecordScan
 from .state import FileStateStore, StoredJob, file_digest
 
 __all__ = ["MergeSummary", "merge"]
@@ -138,25 +137,13 @@ def _check_jobs(shards: Sequence[str]) -> tuple[dict[str, object], InputIndex, l
     return common, first.job.index, [by_index[i] for i in range(count)]
 
 
-def _lines(path: str) -> Iterator[tuple[int, int, bytes]]:
-    """(line number, byte offset, line) of each record of a shard output."""
-    offset = 0
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                raise MergeError(
-                    f"{path}:{line_no}: torn last line (the shard was killed "
-                    "while writing); run that shard again: it repairs, resumes"
-                )
-            yield line_no, offset, line
-            offset += len(line)
-
-
-def _record_id(path: str, line_no: int, line: bytes) -> tuple[object, bool]:
-    try:
-        return read_record_status(orjson.loads(line))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise MergeError(f"{path}:{line_no}: not a vbatch record") from None
+def _records(path: str) -> Iterator[Record]:
+    """Each record of a shard output; a torn last line fails the merge."""
+    scan = RecordScan(path, MergeError)
+    yield from scan.records()
+    if scan.torn_bytes:
+        raise MergeError(f"{path}:{scan.lines + 1}: torn last line (the shard was killed "
+                         "while writing); run that shard again: it repairs, resumes")  # fmt: skip
 
 
 def _scan(paths: list[str]) -> _Records:
@@ -166,13 +153,12 @@ def _scan(paths: list[str]) -> _Records:
     lengths: list[int] = []
     failed = 0
     for file_no, path in enumerate(paths):
-        for line_no, offset, line in _lines(path):
-            row_id, ok = _record_id(path, line_no, line)
-            digests.append(row_id)
-            failed += not ok
+        for record in _records(path):
+            digests.append(record.id)
+            failed += not record.ok
             files.append(file_no)
-            offsets.append(offset)
-            lengths.append(len(line))
+            offsets.append(record.offset)
+            lengths.append(len(record.line))
     return _Records(digests.to_numpy().astype(np.uint64), np.array(files, np.int32),
                     np.array(offsets, np.int64), np.array(lengths, np.int64), failed)  # fmt: skip
 
@@ -181,10 +167,9 @@ def _where(paths: list[str], digest: int) -> list[str]:
     """``path:line (id ...)`` of each record with this id digest (named only on failure)."""
     found = []
     for path in paths:
-        for line_no, _, line in _lines(path):
-            row_id, _ = _record_id(path, line_no, line)
-            if id_digest(row_id) == digest:
-                found.append(f"{path}:{line_no} (id {row_id!r})")
+        for record in _records(path):
+            if id_digest(record.id) == digest:
+                found.append(f"{path}:{record.line_no} (id {record.id!r})")
     return found
 
 

@@ -3,25 +3,37 @@ holds the rows that got an HTTP 200 reply, the error file every other row.
 
 ``SplitResultWriter`` is two ``JsonlResultWriter``s of OpenAI Batch lines, so each file keeps
 the crash-safety contract of ``sink.py`` and resume reads both: a row is done when either file
-holds it. The output's lock covers both (one run writes them).
+holds it. The output's lock covers both (one run writes them). The job's state is kept by the
+``JobStateStore`` given (the Batch API's is its database), else in files beside the output.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._errors import OutputError
+from .._input.validate import InputIndex
 from .._models import Result
+from .state import FileStateStore, JobStateStore, StoredJob
 from .writer import JsonlResultWriter, OutputState
 
 __all__ = ["SplitResultWriter"]
 
 
 class SplitResultWriter:
-    def __init__(self, output: str, errors: str) -> None:
+    def __init__(self, output: str, errors: str, state: JobStateStore | None = None) -> None:
         self.name = output
         self._ok = JsonlResultWriter(output)
         self._failed = JsonlResultWriter(errors)
+        self._state = state or FileStateStore(output)
+
+    def load_state(self) -> StoredJob:
+        return self._state.load()
+
+    def save_state(self, parts: dict[str, Any], index: InputIndex) -> None:
+        self._state.save(parts, index)
 
     def lock(self) -> None:
         self._ok.lock()

@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from .._errors import ResumeError
+from .._input.sources import file_digest
 from .._input.validate import InputIndex
 from .files import atomic_write
 
@@ -31,12 +32,6 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
-
-
-def file_digest(path: str) -> str:
-    """Content identity of the input: a renamed or touched file still resumes, an edited one not."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:32]
 
 
 def fingerprint(parts: dict[str, Any]) -> str:

@@ -1,26 +1,29 @@
-"""Where a job's results go. A ``ResultWriter`` owns one output across runs: it says whether it
+"""Where a job's results go: the output seam. A ``ResultWriter`` owns one output across runs:
+it keeps the job's state (its fingerprint and validated index, ``state.py``), says whether it
 already holds results and which rows they finish (resume), starts it afresh, and writes each
 result as it arrives. ``JsonlResultWriter`` is vbatch's own: one JSONL line per row through the
-crash-safe sink (``sink.py`` states the contract). (The Batch API service writes successes and
-errors to separate files.)
+crash-safe sink (``sink.py`` states the contract), its state in files beside it. (The Batch API
+service writes successes and errors to separate files and keeps its state in its database.)
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import orjson
 
 from .._errors import OutputError, ResumeError
 from .._input.ids import DigestList
+from .._input.validate import InputIndex
 from .._models import Result
 from .files import check_writable, replacing
 from .lock import OutputLock
-from .records import format_batch_line, format_record, read_record_status
+from .records import format_batch_line, format_record
+from .scan import RecordScan
 from .sink import JsonlSink
+from .state import FileStateStore, JobStateStore, StoredJob
 
 __all__ = ["JsonlResultWriter", "OutputState", "ResultWriter"]
 
@@ -51,6 +54,14 @@ class ResultWriter(Protocol):
 
     def holds_results(self) -> bool: ...
 
+    def load_state(self) -> StoredJob:
+        """The earlier run's job state; ``ResumeError`` when there is none or it is unreadable."""
+        ...
+
+    def save_state(self, parts: dict[str, Any], index: InputIndex) -> None:
+        """Record this job's fingerprint parts and validated index, for its resumption."""
+        ...
+
     def reset(self) -> None:
         """Start the output afresh (empty)."""
         ...
@@ -74,12 +85,21 @@ class ResultWriter(Protocol):
 class JsonlResultWriter:
     """vbatch records, or OpenAI Batch output lines for Batch input, appended to one file."""
 
-    def __init__(self, path: str, include_response: bool = False) -> None:
+    def __init__(
+        self, path: str, include_response: bool = False, state: JobStateStore | None = None
+    ) -> None:
         self.name = path
         self.include_response = include_response
+        self._state = state or FileStateStore(path)
         self._sink: JsonlSink | None = None
         self._batch_lines = False
         self._lock = OutputLock(path)
+
+    def load_state(self) -> StoredJob:
+        return self._state.load()
+
+    def save_state(self, parts: dict[str, Any], index: InputIndex) -> None:
+        self._state.save(parts, index)
 
     def lock(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.name))
@@ -125,42 +145,27 @@ class JsonlResultWriter:
     def scan(self, retry_failed: bool) -> OutputState:
         state = OutputState(resumed=True)
         done = DigestList()
-        failed_lines = 0
-        with open(self.name, "r+b") as f:
-            size = os.fstat(f.fileno()).st_size
-            good_end = 0
-            for line_no, line in enumerate(f, start=1):
-                if not line.endswith(b"\n"):
-                    break  # torn tail: a crash mid-write
-                try:
-                    row_id, ok = read_record_status(orjson.loads(line))
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    raise ResumeError(
-                        f"{self.name}:{line_no}: not a vbatch record; the output is damaged "
-                        "(pass --overwrite to start again)"
-                    ) from None
-                good_end += len(line)
-                if ok:
-                    state.ok += 1
-                    done.append(row_id)
-                elif retry_failed:
-                    failed_lines += 1
-                else:
-                    state.failed += 1
-                    done.append(row_id)
-            if good_end < size:
-                state.torn_bytes = size - good_end
-                f.truncate(good_end)
-        if failed_lines:
+        scan = RecordScan(self.name, ResumeError,
+                          "the output is damaged (pass --overwrite to start again)")  # fmt: skip
+        for record in scan.records():
+            if record.ok:
+                state.ok += 1
+            elif retry_failed:
+                state.dropped_failed += 1
+                continue  # not done: it is sent again
+            else:
+                state.failed += 1
+            done.append(record.id)
+        state.torn_bytes = scan.cut_torn_tail()
+        if state.dropped_failed:
             self._drop_failed()
-            state.dropped_failed = failed_lines
         state.done = np.sort(done.to_numpy())
         return state
 
     def _drop_failed(self) -> None:
         """Rewrite the output without its error records, atomically (they are about to be
         redone)."""
-        with replacing(self.name) as dst, open(self.name, "rb") as src:
-            for line in src:
-                if read_record_status(orjson.loads(line))[1]:
-                    dst.write(line)
+        with replacing(self.name) as dst:
+            for record in RecordScan(self.name).records():
+                if record.ok:
+                    dst.write(record.line)

@@ -1,5 +1,5 @@
 """One batch's rows through the core: ``iter_results`` over the shared dispatcher, into the
-batch's output and error files (``SplitResultWriter``), its job state in the database, until
+batch's output and error files (``SplitResultWriter``, its job state in the database), until
 the rows are done or the batch is told to stop (cancel, expiry, the service stopping)."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import Any
 from .._client.dispatcher import Dispatcher
 from .._client.stats import Stats
 from .._config import OverflowPolicy
-from .._job import Job, iter_results
+from .._job import Job
 from .._output.split import SplitResultWriter
 from .._output.state import JobStateStore
 from .._output.writer import OutputState
-from .._tasks import cancel_and_wait
+from .._run.runner import iter_results
+from .._tasks import CancelledOn
 from .filestore import FileStore
 from .validation import ENDPOINTS
 
@@ -36,11 +37,11 @@ def priority_weight(metadata: dict[str, Any] | None) -> float:
     return weight
 
 
-def batch_writer(files: FileStore, batch_id: str) -> SplitResultWriter:
+def batch_writer(files: FileStore, batch_id: str, state: JobStateStore) -> SplitResultWriter:
     files.batch_folder(batch_id)
     output, errors = (files.path(files.output_location(batch_id, kind))
                       for kind in ("output", "errors"))  # fmt: skip
-    return SplitResultWriter(output, errors)
+    return SplitResultWriter(output, errors, state)
 
 
 async def run_rows(
@@ -48,7 +49,6 @@ async def run_rows(
     input_path: str,
     dispatcher: Dispatcher,
     writer: SplitResultWriter,
-    state: JobStateStore,
     ready: Callable[[Stats, OutputState], None],
     stop: asyncio.Event,
     on_overflow: OverflowPolicy,
@@ -58,21 +58,8 @@ async def run_rows(
     fleet gave up, the server refused the rows) is raised."""
     job = Job(input=input_path, input_format="jsonl", endpoint=ENDPOINTS[doc["endpoint"]],
               on_overflow=on_overflow)  # fmt: skip
-
     weight = priority_weight(doc["metadata"])
-
-    async def consume() -> None:
-        async for _ in iter_results(job, dispatcher, Stats(), ready, writer=writer,
-                                    state=state, weight=weight):  # fmt: skip
+    async with CancelledOn(stop), iter_results(job, dispatcher, Stats(), ready, writer=writer,
+                            weight=weight) as results:  # fmt: skip
+        async for _ in results:
             pass
-
-    runner = asyncio.create_task(consume())
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait(stopper)
-        if not runner.done():
-            await cancel_and_wait(runner)  # the writer closes: what came back is kept
-    if not runner.cancelled():
-        runner.result()

@@ -96,3 +96,15 @@ def m003_job_state(db: sqlite3.Connection) -> None:
 def m004_output_ttl(db: sqlite3.Connection) -> None:
     # A batch's output_expires_after (seconds after each output file is made), when asked for.
     db.execute("ALTER TABLE batches ADD COLUMN output_ttl_s INTEGER")
+
+
+@migration
+def m005_batch_custom_ids(db: sqlite3.Connection) -> None:
+    # A batch's custom_ids in input order (a JSON list), kept from validation to its end: an
+    # expiring batch's batch_expired lines need them, and the input may be gone by then. A
+    # batch validated before this migration has none here (finalize reads its input instead).
+    db.execute("""
+        CREATE TABLE batch_custom_ids (
+            batch_id TEXT PRIMARY KEY,
+            custom_ids TEXT NOT NULL
+        )""")

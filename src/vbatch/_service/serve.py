@@ -16,22 +16,18 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from .._api import _dispatcher, run_sync
-from .._client.dispatcher import Dispatcher
+from .._api import run_sync
+from .._client.dispatcher import Dispatcher, dispatcher_for
 from .._config import (
     DEFAULT_API_PORT,
     DEFAULT_HOST,
     MAX_BATCH_LINES,
     MAX_FILE_BYTES,
     ClientOptions,
-    LaunchOptions,
     OverflowPolicy,
 )
 from .._engine.paths import home
-from .._engine.plan import plan_server
-from .._fleet.base import Fleet, base_urls
-from .._fleet.local import LocalFleet
-from .._fleet.static import StaticFleet
+from .._fleet.factory import FleetFactory, FleetTarget, running
 from .app import Service, create_app
 from .auth import Keys, check_host
 from .filestore import FileStore
@@ -55,9 +51,7 @@ class ServiceSettings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_API_PORT
     data_dir: str = field(default_factory=default_data_dir)
-    base_urls: tuple[str, ...] = ()  # servers to front; none: launch vLLM (``model``, ``launch``)
-    model: str | None = None
-    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    fleet: FleetTarget = field(default_factory=FleetTarget)  # servers to front, or to launch
     client: ClientOptions = field(default_factory=ClientOptions)
     on_overflow: OverflowPolicy = "error"
     max_lines: int = MAX_BATCH_LINES
@@ -67,18 +61,6 @@ class ServiceSettings:
 
     def check(self) -> None:
         check_host(self.host, self.keys)
-
-
-def _fleet_dispatcher(settings: ServiceSettings) -> Dispatcher:
-    fleet: Fleet
-    per_member: int | None = None
-    if settings.base_urls:
-        fleet = StaticFleet(base_urls(list(settings.base_urls)), settings.client.down_timeout_s)
-    else:
-        plan = plan_server(settings.model, None, settings.launch)
-        per_member = plan.concurrency // plan.replicas
-        fleet = LocalFleet(plan, None, None, settings.launch.max_restarts)
-    return _dispatcher(fleet, settings.client, window_per_member=per_member)
 
 
 class _Server(uvicorn.Server):
@@ -109,36 +91,53 @@ async def _serve(settings: ServiceSettings) -> None:
     webhooks = (Webhooks(settings.webhook_url, settings.webhook_secret)
                 if settings.webhook_url else None)  # fmt: skip
     try:
-        async with _fleet_dispatcher(settings) as dispatcher:
-            # The fleet starts in the background; the service opens once it is up, so a vLLM
-            # that cannot start ends the service with its log rather than failing each batch.
-            await dispatcher.ready()
-            runner = BatchRunner(store, files, dispatcher, max_lines=settings.max_lines,
-                                 on_overflow=settings.on_overflow,
-                                 notify=webhooks.notify if webhooks else None)  # fmt: skip
-            runner.resume()
-            service = Service(store, files, runner, dispatcher, settings.keys,
-                              settings.max_file_bytes)  # fmt: skip
-            config = uvicorn.Config(create_app(service), lifespan="off", access_log=False,
-                                    log_level="warning")  # fmt: skip
-            host, port = sock.getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            print(f"http://{shown}:{port}/v1", flush=True)
-            print(f"vbatch: Batch API at http://{shown}:{port}/v1 (status page at "
-                  f"http://{shown}:{port}/)", file=sys.stderr, flush=True)  # fmt: skip
-            server = _Server(config)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, setattr, server, "should_exit", True)
-            try:
-                await server.serve(sockets=[sock])
-            finally:
-                await runner.aclose()
-                if webhooks is not None:
-                    await webhooks.aclose()
+        # The service opens once the fleet is up, so a vLLM that cannot start ends the service
+        # with its log rather than failing each batch.
+        async with FleetFactory(settings.fleet) as factory:
+            built = await asyncio.to_thread(factory.build)  # plans (may convert a model) first
+            async with (
+                running(built.fleet) as fleet,
+                dispatcher_for(
+                    fleet, settings.client, window_per_member=built.window_per_member
+                ) as dispatcher,
+            ):
+                await _serve_with(settings, store, files, sock, webhooks, dispatcher)
     finally:
         sock.close()
         store.close()
+
+
+async def _serve_with(
+    settings: ServiceSettings,
+    store: Store,
+    files: FileStore,
+    sock: socket.socket,
+    webhooks: Webhooks | None,
+    dispatcher: Dispatcher,
+) -> None:
+    runner = BatchRunner(store, files, dispatcher, max_lines=settings.max_lines,
+                         on_overflow=settings.on_overflow,
+                         notify=webhooks.notify if webhooks else None)  # fmt: skip
+    runner.resume()
+    service = Service(store, files, runner, dispatcher, settings.keys,
+                      settings.max_file_bytes)  # fmt: skip
+    config = uvicorn.Config(create_app(service), lifespan="off", access_log=False,
+                            log_level="warning")  # fmt: skip
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"http://{shown}:{port}/v1", flush=True)
+    print(f"vbatch: Batch API at http://{shown}:{port}/v1 (status page at "
+          f"http://{shown}:{port}/)", file=sys.stderr, flush=True)  # fmt: skip
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await runner.aclose()
+        if webhooks is not None:
+            await webhooks.aclose()
 
 
 def serve(settings: ServiceSettings) -> None:

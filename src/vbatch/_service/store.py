@@ -1,5 +1,6 @@
-"""The service's metadata in SQLite (WAL): files, batches and each batch's job state. File bytes
-live on disk beside the database (``FileStore``); a batch is its Batch object as JSON.
+"""The service's metadata in SQLite (WAL): files, batches, each batch's job state and, while it
+runs, its custom_ids. File bytes live on disk beside the database (``FileStore``); a batch is
+its Batch object as JSON.
 
 Every read and write of a file or batch names its owner, so one key's requests can never see
 another's objects (a lookup by another owner finds nothing: 404)."""
@@ -148,3 +149,21 @@ class Store:
             f"SELECT owner, doc FROM batches WHERE status IN ({marks}) ORDER BY seq", statuses
         ).fetchall()
         return [(owner, orjson.loads(doc)) for owner, doc in rows]
+
+    # -- a batch's custom_ids, from validation to its end ----------------------------------------
+
+    def save_custom_ids(self, batch_id: str, custom_ids: list[str]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO batch_custom_ids VALUES (?, ?)",
+            (batch_id, orjson.dumps(custom_ids).decode()),
+        )
+
+    def custom_ids(self, batch_id: str) -> list[str] | None:
+        """None for a batch validated before the service kept them (or not validated)."""
+        found = self.db.execute(
+            "SELECT custom_ids FROM batch_custom_ids WHERE batch_id = ?", (batch_id,)
+        ).fetchone()
+        return orjson.loads(found[0]) if found else None
+
+    def drop_custom_ids(self, batch_id: str) -> None:
+        self.db.execute("DELETE FROM batch_custom_ids WHERE batch_id = ?", (batch_id,))

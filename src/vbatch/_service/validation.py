@@ -1,7 +1,8 @@
 """A batch's input checked line by line before any request is sent: the core's streaming
 validation pass (``_input/validate.py``, the same request builder the run uses) collecting
 every bad line instead of stopping at the first, plus the Batch API's own rules: OpenAI Batch
-lines only, all on the batch's endpoint, within the line limit."""
+lines only, all on the batch's endpoint, within the line limit. A valid batch's custom_ids come
+back too (by row), for the service to keep."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from typing import Any
 from .._config import EndpointMode
 from .._errors import InputError
 from .._input.requests import RequestBuilder
-from .._input.sources import open_source
+from .._input.sources import RawRow, open_source
 from .._input.validate import validate_input
-from .._models import RequestDefaults
+from .._models import PreparedRequest, RequestDefaults
 from .objects import batch_error
 
-__all__ = ["ENDPOINTS", "Validation", "default_model", "validate_batch"]
+__all__ = ["ENDPOINTS", "IdKeepingBuilder", "Validation", "default_model", "validate_batch"]
 
 # The endpoints a batch may name, as the core's --endpoint modes.
 ENDPOINTS: dict[str, EndpointMode] = {
@@ -31,6 +32,7 @@ ENDPOINTS: dict[str, EndpointMode] = {
 class Validation:
     rows: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)  # BatchError objects
+    custom_ids: list[str] = field(default_factory=list)  # by row, when there are no errors
 
 
 def default_model(served: Sequence[str] | None) -> RequestDefaults:
@@ -40,10 +42,22 @@ def default_model(served: Sequence[str] | None) -> RequestDefaults:
     return RequestDefaults()
 
 
-def builder_for(path: str, endpoint: str, served: Sequence[str] | None) -> RequestBuilder:
-    hint = f"the service serves {', '.join(served)}" if served else ""
-    return RequestBuilder(path, default_model(served), endpoint=ENDPOINTS[endpoint],
-                          served=served, model_hint=hint)  # fmt: skip
+class IdKeepingBuilder(RequestBuilder):
+    """The run's request builder, keeping each row's id as it builds it (the first ``limit``
+    + 1: past ``limit`` rows the batch fails anyway), for the batch's custom_ids."""
+
+    def __init__(self, path: str, endpoint: str, served: Sequence[str] | None, limit: int):
+        hint = f"the service serves {', '.join(served)}" if served else ""
+        super().__init__(path, default_model(served), endpoint=ENDPOINTS[endpoint],
+                         served=served, model_hint=hint)  # fmt: skip
+        self.limit = limit
+        self.ids: list[str] = []
+
+    def build(self, row: RawRow) -> PreparedRequest:
+        request = super().build(row)
+        if len(self.ids) <= self.limit:
+            self.ids.append(str(request.id))
+        return request
 
 
 def validate_batch(
@@ -51,7 +65,7 @@ def validate_batch(
 ) -> Validation:
     """Every bad line of the input at ``path`` (one streaming pass; blocking: run it in a
     thread)."""
-    builder = builder_for(path, endpoint, served)
+    builder = IdKeepingBuilder(path, endpoint, served, max_lines)
     problems: list[InputError] = []
     try:
         index = validate_input(open_source(path, "jsonl"), builder, problems)
@@ -71,4 +85,6 @@ def validate_batch(
         result.errors.append(batch_error(
             "too_many_requests", f"the input has {result.rows:,} lines; a batch takes at most "
             f"{max_lines:,}"))  # fmt: skip
+    if not result.errors:
+        result.custom_ids = builder.ids
     return result

@@ -7,7 +7,7 @@ healthy. A member whose ``/health`` fails is out of the endpoints at once (``sus
 request got no reply) or after ``UNHEALTHY_PROBES`` probes; its rows in flight go elsewhere,
 uncharged (the dispatcher's part). A member Ray gave up on (restarts spent) is gone; with every
 member gone, or none up for ``down_timeout_s`` once one was, the fleet fails (``FleetError``)
-and the job stops there, finished rows kept.
+and the job stops there, finished rows kept. How each member is followed: watch.py.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..._config import DOWN_TIMEOUT_S, HEALTH_INTERVAL_S, UNHEALTHY_PROBES, LaunchOptions
+from ..._config import DOWN_TIMEOUT_S, HEALTH_INTERVAL_S, LaunchOptions
 from ..._engine.sizing import InputMeasure
-from ..._errors import FleetError, LaunchError
 from ..._tasks import cancel_and_wait
 from ..base import FleetStatus
 from ..roster import Prober, Roster
-from .cluster import MemberShape, import_ray
-from .member import MemberReady, ServerMember
+from .cluster import import_ray
+from .member import ServerMember
+from .shape import MemberShape
+from .watch import MemberWatch
 
 __all__ = ["RayFleet", "forwarded_env"]
 
@@ -57,22 +57,17 @@ class RayFleet:
         probe: Callable[[str], Awaitable[bool]] | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
-        """``shape`` from ``cluster.shape_members`` (after ``cluster.connect``); setting
-        ``stop`` while the first member starts ends start-up with ``KeyboardInterrupt``."""
+        """``shape`` from ``shape.shape_members`` (in a ``cluster.ray_session``). Cancelling
+        ``start`` stops what it started; so does setting ``stop`` while the first member
+        starts, which then ends the start with ``KeyboardInterrupt``."""
         self.shape = shape
         self._args = (model, measure, options)
         self.max_restarts = options.max_restarts
-        self.down_timeout_s = down_timeout_s
-        self.interval_s = interval_s
         self._prober = Prober()
         self._probe = probe or self._prober
         self.roster = Roster()
+        self.watch = MemberWatch(self.roster, self._probe, shape.count, interval_s, down_timeout_s)
         self.actors: list[Any] = []
-        self.ready: dict[int, MemberReady] = {}  # each member's latest report, by index
-        self.restarts = 0  # members back with a new server (counted once it is healthy)
-        self._ever_up = False
-        self._startup_error: LaunchError | None = None
-        self._gone = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_event = stop
 
@@ -82,27 +77,38 @@ class RayFleet:
     async def start(self) -> None:
         """Create the members; return once one is healthy. A member whose server fails to
         start before any was up fails the start (``LaunchError``, with its log)."""
+        try:
+            self.actors = self._create_members()
+            watch = self.watch
+            self._tasks = [asyncio.create_task(watch.member(k, actor))
+                           for k, actor in enumerate(self.actors)]  # fmt: skip
+            self._tasks.append(asyncio.create_task(watch.supervise()))
+            await self._first_up()
+        except BaseException:
+            await self.stop()
+            if self.watch.startup_error is not None:
+                raise self.watch.startup_error from None  # as LocalFleet: the server's failure
+            raise
+
+    def _create_members(self) -> list[Any]:
         ray = import_ray()
         env = forwarded_env()
         member = ray.remote(ServerMember)
         model, measure, options = self._args
-        for k in range(self.shape.count):
-            actor = member.options(
-                max_restarts=self.max_restarts,
-                max_task_retries=-1,  # ``ready`` asked of a dying member is asked again
-                runtime_env={"env_vars": env} if env else None,
-                **self.shape.actor_options(k),
-            ).remote(model, measure, dataclasses.replace(options, replicas=self.shape.replicas))
-            self.actors.append(actor)
-        self._tasks = [asyncio.create_task(self._watch(k)) for k in range(self.shape.count)]
-        self._tasks.append(asyncio.create_task(self._supervise()))
-        try:
+        one = dataclasses.replace(options, replicas=self.shape.replicas)
+        return [member.options(
+                    max_restarts=self.max_restarts,
+                    max_task_retries=-1,  # ``ready`` asked of a dying member is asked again
+                    runtime_env={"env_vars": env} if env else None,
+                    **self.shape.actor_options(k),
+                ).remote(model, measure, one)
+                for k in range(self.shape.count)]  # fmt: skip
+
+    async def _first_up(self) -> None:
+        if self._stop_event is None:
+            await self.roster.wait_up()
+        else:  # until the lead's Ctrl-C cancels instead (then ``stop`` goes)
             await self.roster.wait_up_unless(self._stop_event)
-        except BaseException:
-            await self.stop()
-            if self._startup_error is not None:
-                raise self._startup_error from None  # as LocalFleet: the server's failure
-            raise
 
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints
@@ -121,7 +127,7 @@ class RayFleet:
 
     def status(self) -> FleetStatus:
         failure = self.roster.failure
-        return FleetStatus(self.shape.count, len(self.roster.endpoints), self.restarts,
+        return FleetStatus(self.shape.count, len(self.roster.endpoints), self.watch.restarts,
                            None if failure is None else str(failure))  # fmt: skip
 
     async def stop(self) -> None:
@@ -136,7 +142,7 @@ class RayFleet:
             # are killed, and their servers end with them. Asked once: a member gone meanwhile
             # is not started again to be stopped.
             stops = [self.actors[k].stop.options(max_task_retries=0).remote()
-                     for k, ready in self.ready.items() if ready.url in up]  # fmt: skip
+                     for k, ready in self.watch.ready.items() if ready.url in up]  # fmt: skip
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True),
                                        STOP_GRACE_S)  # fmt: skip
@@ -145,68 +151,3 @@ class RayFleet:
                     ray.kill(actor, no_restart=True)
             self.actors = []
         await self._prober.aclose()
-
-    # -- one member's life, as seen from here -------------------------------------------------
-
-    async def _watch(self, k: int) -> None:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError
-
-        ray = import_ray()
-        actor = self.actors[k]
-        while True:
-            try:
-                ready: MemberReady = await actor.ready.remote()
-            except LaunchError as exc:  # its server did not start: the log says why
-                if not self._ever_up:
-                    self._startup_error = self._startup_error or LaunchError(str(exc))
-                    self.roster.fail(FleetError(str(exc)))
-                    return
-                ray.kill(actor, no_restart=False)  # Ray starts it again (a restart spent)
-                self.restarts += 1
-                continue
-            except ActorUnavailableError:  # its node is going: Ray will say what follows
-                await asyncio.sleep(self.interval_s)
-                continue
-            except ActorDiedError as exc:  # restarts spent, or its node gone for good
-                self._gone += 1
-                if self._gone == self.shape.count:
-                    self.roster.fail(FleetError(
-                        f"every Ray member is gone (the last: {exc}); finished rows are "
-                        "kept, and running the same command again resumes"
-                    ))  # fmt: skip
-                return
-            if k in self.ready and self.ready[k].server_pid != ready.server_pid:
-                self.restarts += 1  # back from a restart Ray did (its server died, or its node)
-            self.ready[k] = ready
-            self.roster.add(ready.url)
-            self.roster.mark(ready.url, True)
-            self._ever_up = True
-            await self._until_down(ready.url)
-            self.roster.mark(ready.url, False)
-
-    async def _until_down(self, url: str) -> None:
-        fails = 0
-        while fails < UNHEALTHY_PROBES:
-            await asyncio.sleep(self.interval_s)
-            if await self._probe(url):
-                fails = 0
-                self.roster.mark(url, True)  # back after ``suspect`` took it out
-            else:
-                fails += 1
-
-    async def _supervise(self) -> None:
-        """Fail the fleet once no member has been up for ``down_timeout_s`` (after one was)."""
-        down_since: float | None = None
-        while True:
-            await asyncio.sleep(self.interval_s)
-            now = time.monotonic()
-            if self.roster.endpoints or not self._ever_up:
-                down_since = None
-            elif down_since is None:
-                down_since = now
-            elif now - down_since >= self.down_timeout_s:
-                self.roster.fail(FleetError(
-                    f"no Ray member has been up for {self.down_timeout_s:.0f}s; finished rows "
-                    "are kept, and running the same command again resumes"
-                ))  # fmt: skip
-                return

@@ -1,0 +1,49 @@
+"""The send phase: the pending rows through the dispatcher, each result written (crash-safely)
+before it is yielded; a job whose first replies are all the same refusal stops there."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+import numpy as np
+
+from .._client.dispatcher import Dispatcher
+from .._client.failfast import FailFast
+from .._client.stats import Stats
+from .._config import FAIL_FAST_REPLIES, FLUSH_INTERVAL_S
+from .._input.requests import RequestBuilder
+from .._input.sources import Source
+from .._job import Job
+from .._models import Result
+from .._output.writer import ResultWriter
+
+__all__ = ["flush_periodically", "send"]
+
+
+async def send(
+    job: Job,
+    dispatcher: Dispatcher,
+    builder: RequestBuilder,
+    source: Source,
+    pending: np.ndarray | None,
+    writer: ResultWriter | None,
+    stats: Stats,
+    weight: float = 1.0,
+) -> AsyncGenerator[Result]:
+    requests = (builder.build(row) for row in source.rows(pending))
+    fail_fast = FailFast(FAIL_FAST_REPLIES)
+    async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
+                                          on_overflow=job.on_overflow,
+                                          weight=weight):  # fmt: skip
+        if writer is not None:
+            writer.write(result)
+        yield result
+        fail_fast.see(result)
+
+
+async def flush_periodically(writer: ResultWriter) -> None:
+    """Results that trickle in slowly still reach the output within ``FLUSH_INTERVAL_S``."""
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL_S)
+        writer.flush()

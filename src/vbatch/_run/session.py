@@ -1,0 +1,270 @@
+"""One run of a job, phase by phase (the package's docstring lists them):
+
+1. **prepare** – take the output's lock, check it can be written, and decide whether it resumes
+   (its fingerprint against this job's); nothing is launched yet, so a locked or unwritable
+   output, or a changed job, ends the run before any server process exists.
+2. **plan** – on the scan's first rows: start this machine's servers in the background.
+3. **scan** – one streaming pass, in a thread, while the servers start: validation, the id
+   index, the digest, the size of the rows still to send (``scan.py``).
+4. **re-plan** – only if the scan found a row the first plan cannot hold (``servers.py``).
+5. **send** – once the scan passed and a server is up (``send.py``).
+
+Everything the run starts lives in one task group and one exit stack: leaving the block, however
+it is left (the end, an error, a ``break``, a cancellation), stops the servers it started,
+closes the pool and lets go of the output's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+
+from .._client.dispatcher import Dispatcher, DispatcherSnapshot
+from .._client.stats import Stats
+from .._config import ClientOptions
+from .._errors import TransportError
+from .._fleet.factory import FleetTarget
+from .._fleet.local import OnLaunch
+from .._input.requests import RequestBuilder
+from .._input.sources import Source, file_digest, open_source
+from .._input.validate import InputIndex
+from .._job import Job
+from .._models import RequestDefaults, Result
+from .._output.resume import Resumption, decide_resume, pending_mask, start_output
+from .._output.writer import JsonlResultWriter, OutputState, ResultWriter
+from .._tasks import task_group
+from .scan import Scanned, Sizing, scan
+from .send import flush_periodically, send
+from .servers import RunServers
+
+__all__ = ["OnReady", "RunResults", "open_run"]
+
+OnReady = Callable[[Stats, OutputState], None]
+
+
+class RunResults:
+    """A run's results as they are written, and what progress reads of its dispatcher."""
+
+    def __init__(self, results: AsyncGenerator[Result], dispatcher: Dispatcher | None) -> None:
+        self._results = results
+        self._dispatcher = dispatcher
+
+    def __aiter__(self) -> AsyncIterator[Result]:
+        return self._results
+
+    def snapshot(self) -> DispatcherSnapshot | None:
+        return self._dispatcher.snapshot() if self._dispatcher is not None else None
+
+
+@contextlib.asynccontextmanager
+async def open_run(
+    job: Job,
+    servers: FleetTarget | Dispatcher,
+    *,
+    client: ClientOptions | None = None,
+    stats: Stats | None = None,
+    on_ready: OnReady | None = None,
+    on_launch: OnLaunch | None = None,
+    writer: ResultWriter | None = None,
+    weight: float = 1.0,
+) -> AsyncIterator[RunResults]:
+    """``job``'s results, as they are written, within the block. ``servers``: a dispatcher
+    someone keeps, or where to find or start servers for this run."""
+    stats = stats or Stats()
+    source = open_source(job.input, job.input_format)  # a missing input: before anything else
+    if writer is None and job.output is not None:
+        writer = JsonlResultWriter(job.output, job.include_response)
+    async with contextlib.AsyncExitStack() as stack:
+        # -- prepare ---------------------------------------------------------------------------
+        if writer is not None:
+            writer.lock()  # first: one writer per output, whatever happens next
+            stack.callback(writer.close)
+            writer.check()
+        side = RunServers(servers, client or ClientOptions(), on_launch)
+        await stack.enter_async_context(side)
+        async with task_group() as group:
+            side.begin(group)
+            if side.launches:  # every row goes to the model launched
+                model = await side.model_name()
+                defaults = dataclasses.replace(job.defaults, model=model)
+                job = dataclasses.replace(job, defaults=defaults)
+            resumption = None
+            if writer is not None:
+                resumption = await _decide(job, source, writer, side)
+            left = None
+            if resumption is not None and resumption.index is not None:
+                left = _left(job, resumption.index, resumption.previous.done)
+                if not left[1].any():
+                    _ready(stats, resumption, *left, on_ready)
+                    # All done: no server started, the input not read again.
+                    yield RunResults(_nothing(), None)
+                    return
+            # -- plan + scan, while the servers start ------------------------------------------
+            builder = _scan_builder(job, source, side)
+            scanned = await _scan(source, builder, job, resumption,
+                                  None if left is None else left[1], side)  # fmt: skip
+            side.scanned(scanned.measure)
+            if writer is not None and job.defaults.model:  # the fingerprint is known: record
+                _record(job, writer, job.defaults, resumption, scanned)
+            builder = await _send_builder(job, source, builder, side)  # may wait for servers
+            if writer is not None and not job.defaults.model:
+                _record(job, writer, builder.defaults, resumption, scanned)
+            index = scanned.index or (resumption.index if resumption is not None else None)
+            assert index is not None
+            rows, pending = left or _left(job, index, _done(resumption))
+            # -- send ------------------------------------------------------------------------
+            dispatcher = await side.dispatcher()
+            _ready(stats, resumption, rows, pending, on_ready)
+            if writer is not None:
+                writer.open(index.batch_lines)
+            flusher = group.create_task(flush_periodically(writer)) if writer else None
+            results = send(job, dispatcher, builder, source, pending, writer, stats, weight)
+            try:
+                yield RunResults(results, dispatcher)
+            finally:
+                await results.aclose()
+                if flusher is not None:
+                    flusher.cancel()
+
+
+async def _decide(
+    job: Job, source: Source, writer: ResultWriter, side: RunServers
+) -> Resumption | None:
+    """Whether the output resumes; its fingerprint needs the model rows go to, which servers
+    someone runs are asked for only when the job names none."""
+    defaults = job.defaults
+    if not defaults.model and not side.launches and writer.holds_results():
+        defaults = await _default_model(defaults, side)
+
+    def parts() -> dict[str, Any]:
+        return job.fingerprint_parts(defaults, file_digest(source.path))
+
+    return await asyncio.to_thread(decide_resume, writer, parts, overwrite=job.overwrite,
+                                   retry_failed=job.retry_failed, force=job.force)  # fmt: skip
+
+
+def _left(job: Job, index: InputIndex, done: np.ndarray) -> tuple[int, np.ndarray]:
+    """The job's rows (its shard's, for a shard) and which of them are left to send."""
+    pending = pending_mask(index.digests, done)
+    if job.shard is None:
+        return index.rows, pending
+    mine = job.shard.mask(index.digests)
+    return int(mine.sum()), pending & mine
+
+
+def _done(resumption: Resumption | None) -> np.ndarray:
+    return resumption.previous.done if resumption is not None else np.zeros(0, np.uint64)
+
+
+def _scan_builder(job: Job, source: Source, side: RunServers) -> RequestBuilder:
+    """The builder rows are validated with: the launched model is known before its servers are
+    up; which models servers someone runs serve is checked once the scan is over."""
+    served = [job.defaults.model] if side.launches and job.defaults.model else None
+    return RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
+                          require_model=False, served=served,
+                          force_model=job.defaults.model is not None)  # fmt: skip
+
+
+async def _scan(
+    source: Source,
+    builder: RequestBuilder,
+    job: Job,
+    resumption: Resumption | None,
+    pending: np.ndarray | None,
+    side: RunServers,
+) -> Scanned:
+    validate = resumption is None or resumption.index is None
+    sizing = None
+    if side.launches and side.target is not None:
+        folder = (await asyncio.to_thread(side.model_files)).folder
+        sizing = Sizing(folder, job.defaults.max_tokens, side.on_sample)
+    if not validate and sizing is None:
+        return Scanned(None, None, None)  # a resumption against running servers: no pass
+    cancelled = threading.Event()
+    try:
+        return await asyncio.to_thread(scan, source, builder, validate=validate,
+                                       pending=pending, digest=resumption is None,
+                                       sizing=sizing, cancelled=cancelled)  # fmt: skip
+    finally:
+        cancelled.set()  # a scan still running in its thread stops at its next row
+
+
+async def _default_model(defaults: RequestDefaults, side: RunServers) -> RequestDefaults:
+    """Without ``model``, a server serving one model gives it."""
+    try:
+        served = await side.served()
+    except TransportError:
+        return defaults
+    if len(served) == 1:
+        return dataclasses.replace(defaults, model=next(iter(served)))
+    return defaults
+
+
+async def _send_builder(
+    job: Job, source: Source, scanned_with: RequestBuilder, side: RunServers
+) -> RequestBuilder:
+    """The builder requests are sent with, told what the servers serve: rows naming a model
+    they do not serve are refused here (the line named), and without ``model`` a server's only
+    model is the default."""
+    served: list[str] | None = None
+    try:
+        served = list(await side.served())
+    except TransportError as exc:
+        hint = f"the server's models could not be listed ({exc})"
+    else:
+        hint = f"the server serves {len(served)} models ({', '.join(served)})"
+    defaults = job.defaults
+    if served is not None:
+        scanned_with.model_hint = hint
+        scanned_with.check_served(served)
+        if not defaults.model and len(served) == 1:
+            defaults = dataclasses.replace(defaults, model=served[0])
+        await (await side.dispatcher()).server.use(defaults.model)
+    if not defaults.model:
+        scanned_with.model_hint = hint
+        scanned_with.checks.check_named()  # rows without a model, and no default for them
+    return RequestBuilder(source.path, defaults, job.fields, job.endpoint, model_hint=hint,
+                          served=served, force_model=job.defaults.model is not None)  # fmt: skip
+
+
+def _record(
+    job: Job,
+    writer: ResultWriter,
+    defaults: RequestDefaults,
+    resumption: Resumption | None,
+    scanned: Scanned,
+) -> None:
+    """Keep the job's fingerprint and index with the output (a fresh one emptied now that the
+    input passed); a resumption that had to validate again records its new index."""
+    if scanned.index is None:
+        return
+    if resumption is None:
+        assert scanned.digest is not None
+        start_output(writer, job.fingerprint_parts(defaults, scanned.digest), scanned.index,
+                     fresh=True)  # fmt: skip
+    else:
+        start_output(writer, resumption.parts, scanned.index, fresh=False)
+
+
+def _ready(
+    stats: Stats,
+    resumption: Resumption | None,
+    rows: int,
+    pending: np.ndarray,
+    on_ready: OnReady | None,
+) -> None:
+    stats.total = rows
+    stats.skipped = rows - int(pending.sum())
+    if on_ready is not None:
+        on_ready(stats, resumption.previous if resumption is not None else OutputState())
+
+
+async def _nothing() -> AsyncGenerator[Result]:
+    return
+    yield
