@@ -7,6 +7,8 @@ the node's address) and no dashboard; usage stats off (they would call out). The
 (_fleet/ray/cluster.py says how). Each worker offers one CPU, so the fleet places one CPU vLLM
 server per worker: two servers at most, which is what this machine's memory allows. The head
 offers none, so that the tests can remove either member's node (a cluster keeps its head).
+Tests of ``--ray`` with no cluster to join take ``ray_tmpdir`` alone: the same settings and a
+Ray folder of their own, and no cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -41,25 +44,38 @@ def ray_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    try:
-        from ray.cluster_utils import Cluster
-    except ImportError:  # a failure, not a skip: CI must run these
-        pytest.fail("the Ray tests need Ray: pip install -e '.[ray]' (make venv does)")
+def ray_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """What each Ray test runs in: ``ray_env``, no cluster named (no $RAY_ADDRESS), and a Ray
+    folder of its own ($RAY_TMPDIR, yielded), so that nothing of Ray's stays where a user's
+    own ``ray.init()`` would find it, nor is found there. Whatever the test started (marked,
+    see _end_marked) is ended after it."""
     for name, value in ray_env().items():
-        monkeypatch.setenv(name, value)  # the nodes, started from here, inherit it
+        monkeypatch.setenv(name, value)  # Ray's processes, started from here, inherit it
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     # ... and this mark, which the servers' engine processes inherit too: see _end_marked.
     mark = uuid.uuid4().hex
     monkeypatch.setenv("VBATCH_TEST_MARK", mark)
     E2E_HOME.mkdir(parents=True, exist_ok=True)
     # Short: Ray's unix sockets live below it, and their paths are limited to ~100 bytes.
     temp_dir = tempfile.mkdtemp(prefix="vbray-", dir="/tmp")
-    # Ray notes the newest cluster's address in TMP/ray, where a user's own `ray.init()` would
-    # find it: this one's note stays in this cluster's folder (without RAY_TMPDIR: /tmp/ray,
-    # which Ray expects to exist).
+    # Ray notes the newest cluster's address in $RAY_TMPDIR/ray (else /tmp/ray), where
+    # `ray.init()` looks for a cluster to join.
     monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    os.mkdir(os.path.join(temp_dir, "ray"))
-    node: dict[str, Any] = {"node_ip_address": LOOPBACK, "temp_dir": temp_dir}
+    try:
+        yield Path(temp_dir)
+    finally:
+        _end_marked(mark)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_cluster(ray_tmpdir: Path) -> Iterator[Any]:
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:  # a failure, not a skip: CI must run these
+        pytest.fail("the Ray tests need Ray: pip install -e '.[ray]' (make venv does)")
+    (ray_tmpdir / "ray").mkdir()  # where Ray's note goes, which it expects to exist
+    node: dict[str, Any] = {"node_ip_address": LOOPBACK, "temp_dir": str(ray_tmpdir)}
     head = {**node, "num_cpus": 0, "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
@@ -70,8 +86,6 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         servers = _vllm_servers()
         cluster.shutdown()
         _end(servers)  # they end with their members; vLLM may take a few seconds to
-        _end_marked(mark)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _vllm_servers() -> list[psutil.Process]:
@@ -91,16 +105,25 @@ def _end(servers: list[psutil.Process], grace_s: float = 30.0) -> None:
             os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
 
 
+def marked(mark: str | None = None) -> list[psutil.Process]:
+    """The processes started under this test's ``ray_tmpdir`` (they inherit its mark) still
+    running: Ray's, and the vLLM servers' it started."""
+    mark = mark or os.environ["VBATCH_TEST_MARK"]
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE
+                    and proc.environ().get("VBATCH_TEST_MARK") == mark):  # fmt: skip
+                found.append(proc)
+    return found
+
+
 def _end_marked(mark: str) -> None:
     """End whatever this cluster started that is still running. A node removed mid-test takes
     its members' servers down with it (each server's shepherd ends its process group when the
     member dies); before the shepherd, the engine process of such a server lived on here,
     reparented to init, holding its KV cache's memory. This is the net should anything else."""
-    left = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if proc.pid != os.getpid() and proc.environ().get("VBATCH_TEST_MARK") == mark:
-                left.append(proc)
+    left = marked(mark)
     for proc in left:
         with contextlib.suppress(psutil.Error):
             proc.kill()

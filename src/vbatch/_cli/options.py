@@ -176,7 +176,9 @@ ray_option = click.option(
     help="Start the vLLM servers on a Ray cluster instead of this machine: one per GPU "
          "(--replicas per GPU, or one per --tensor-parallel-size GPUs), one per node on "
          "CPU-only nodes; Ray restarts a server that dies, on another node if its node died. "
-         "ADDRESS: auto, HOST:PORT or ray://HOST:PORT [default: $RAY_ADDRESS, else auto]. "
+         "ADDRESS: auto, HOST:PORT or ray://HOST:PORT [default: $RAY_ADDRESS, else the cluster "
+         "`ray start` last started on this machine, else a local Ray instance started for "
+         "this run and stopped after it]. "
          "Needs pip install 'vbatch[ray]'.",
 )  # fmt: skip
 

@@ -93,12 +93,6 @@ class Dispatcher:
     def concurrency(self) -> int:
         return self.pool.size
 
-    @property
-    def in_flight(self) -> int:
-        return self.sender.in_flight
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
     async def __aenter__(self) -> Dispatcher:
         self.start()
         return self
@@ -130,7 +124,7 @@ class Dispatcher:
         generated = load.generation_tokens
         now = asyncio.get_running_loop().time()
         tokens = self.output_tokens if generated is None else generated
-        window = self.controller.update(now, tokens, self.in_flight, load)
+        window = self.controller.update(now, tokens, self.sender.in_flight, load)
         if window != self.concurrency:
             self.resize(window)
 
@@ -144,8 +138,6 @@ class Dispatcher:
             window_history=list(self.controller.history) if adaptive else None,
             fleet=self.fleet.status() if self.fleet is not None else None,
         )
-
-    # -- jobs ------------------------------------------------------------------------------------
 
     async def stream(
         self,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import aiohttp
 
@@ -78,22 +77,6 @@ class Roster:
             await self._changed.wait()
         if self.failure is not None:
             raise self.failure
-
-    async def wait_up_unless(self, stop: asyncio.Event | None) -> None:
-        """``wait_up`` for a fleet's start, or ``KeyboardInterrupt`` if ``stop`` is set first
-        (Ctrl-C while its servers start: the run ends as interrupted)."""
-        up = asyncio.ensure_future(self.wait_up())
-        waits: set[asyncio.Future[Any]] = {up}
-        if stop is not None:
-            waits.add(asyncio.ensure_future(stop.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if not up.done():
-                raise KeyboardInterrupt
-            up.result()
-        finally:
-            for wait in waits:
-                wait.cancel()
 
     async def probe_once(self, url: str, probe: Callable[[str], Awaitable[bool]]) -> bool:
         """One probe of ``url`` however many ask at once (a dead server fails hundreds of

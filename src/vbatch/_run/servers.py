@@ -11,7 +11,7 @@ the scan is done. Servers someone runs are looked at as soon as the run begins.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .._client.dispatcher import Dispatcher, dispatcher_for
 from .._config import ClientOptions
@@ -125,18 +125,19 @@ class RunServers:
             if self.target.ray is None:
                 self._launch(self._factory_().plan(measure))
                 self.scanned(measure)
-            else:
-                self._start(self._factory_().build(measure))
+            else:  # planning asks the cluster (a Ray task): off the loop
+                self._start(lambda: self._factory_().build(measure))
 
-    def _start(self, built: BuiltFleet) -> None:
+    def _start(self, build: BuiltFleet | Callable[[], BuiltFleet]) -> None:
         assert self._group is not None
-        self._built = built
 
-        async def start(fleet: Fleet) -> None:
-            await fleet.start()
+        async def start() -> None:
+            built = build if isinstance(build, BuiltFleet) else await asyncio.to_thread(build)
+            self._built = built
+            await built.fleet.start()
             self._up.set()
 
-        self._group.create_task(start(built.fleet))
+        self._group.create_task(start())
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -230,7 +230,7 @@ def create_app(service: Service) -> FastAPI:
             "batches": [runner.progress(who, d) for d in docs],
             "fleet": health,
             "window": service.dispatcher.concurrency,
-            "in_flight": service.dispatcher.in_flight,
+            "in_flight": service.dispatcher.sender.in_flight,
         }
 
     return app

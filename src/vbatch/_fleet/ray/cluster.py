@@ -112,10 +112,14 @@ class _Driver(threading.Thread):
         # Beside Ray's own folder (RAY_TMPDIR, else TMPDIR or /tmp), short: Ray's unix sockets
         # live below it, and their paths are limited to ~100 bytes.
         self._temp_dir = tempfile.mkdtemp(prefix="vbatch-ray-", dir=os.environ.get("RAY_TMPDIR"))
-        with _loopback_kept(True):
-            started = import_ray().init(address="local", _temp_dir=self._temp_dir,
-                                        _node_ip_address=LOOPBACK, include_dashboard=False,
-                                        **_DRIVER)  # fmt: skip
+        try:
+            with _loopback_kept(True):
+                started = import_ray().init(address="local", _temp_dir=self._temp_dir,
+                                            _node_ip_address=LOOPBACK, include_dashboard=False,
+                                            **_DRIVER)  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise LaunchError(f"no Ray cluster to join, and a local Ray instance did not "
+                              f"start: {exc}") from None  # fmt: skip
         return RaySession(started.address_info["gcs_address"], local=True)
 
 

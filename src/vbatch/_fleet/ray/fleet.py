@@ -55,11 +55,9 @@ class RayFleet:
         down_timeout_s: float = DOWN_TIMEOUT_S,
         interval_s: float = HEALTH_INTERVAL_S,
         probe: Callable[[str], Awaitable[bool]] | None = None,
-        stop: asyncio.Event | None = None,
     ) -> None:
         """``shape`` from ``shape.shape_members`` (in a ``cluster.ray_session``). Cancelling
-        ``start`` stops what it started; so does setting ``stop`` while the first member
-        starts, which then ends the start with ``KeyboardInterrupt``."""
+        ``start`` stops what it started."""
         self.shape = shape
         self._args = (model, measure, options)
         self.max_restarts = options.max_restarts
@@ -69,7 +67,6 @@ class RayFleet:
         self.watch = MemberWatch(self.roster, self._probe, shape.count, interval_s, down_timeout_s)
         self.actors: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._stop_event = stop
 
     def __repr__(self) -> str:
         return f"RayFleet({self.shape.count} members, {self.shape.backend})"
@@ -78,37 +75,31 @@ class RayFleet:
         """Create the members; return once one is healthy. A member whose server fails to
         start before any was up fails the start (``LaunchError``, with its log)."""
         try:
-            self.actors = self._create_members()
+            self._create_members()
             watch = self.watch
             self._tasks = [asyncio.create_task(watch.member(k, actor))
                            for k, actor in enumerate(self.actors)]  # fmt: skip
             self._tasks.append(asyncio.create_task(watch.supervise()))
-            await self._first_up()
+            await self.roster.wait_up()
         except BaseException:
             await self.stop()
             if self.watch.startup_error is not None:
                 raise self.watch.startup_error from None  # as LocalFleet: the server's failure
             raise
 
-    def _create_members(self) -> list[Any]:
+    def _create_members(self) -> None:
         ray = import_ray()
         env = forwarded_env()
         member = ray.remote(ServerMember)
         model, measure, options = self._args
         one = dataclasses.replace(options, replicas=self.shape.replicas)
-        return [member.options(
-                    max_restarts=self.max_restarts,
-                    max_task_retries=-1,  # ``ready`` asked of a dying member is asked again
-                    runtime_env={"env_vars": env} if env else None,
-                    **self.shape.actor_options(k),
-                ).remote(model, measure, one)
-                for k in range(self.shape.count)]  # fmt: skip
-
-    async def _first_up(self) -> None:
-        if self._stop_event is None:
-            await self.roster.wait_up()
-        else:  # until the lead's Ctrl-C cancels instead (then ``stop`` goes)
-            await self.roster.wait_up_unless(self._stop_event)
+        for k in range(self.shape.count):  # each kept as made: ``stop`` kills what was made
+            self.actors.append(member.options(
+                max_restarts=self.max_restarts,
+                max_task_retries=-1,  # ``ready`` asked of a dying member is asked again
+                runtime_env={"env_vars": env} if env else None,
+                **self.shape.actor_options(k),
+            ).remote(model, measure, one))  # fmt: skip
 
     def endpoints(self) -> Sequence[str]:
         return self.roster.endpoints
