@@ -12,10 +12,11 @@ seed), written once as a vbatch JSONL input.
   vbatch           `vbatch run` against --url (its default, adaptive window)
   vbatch-launch    `vbatch run --model ...`: vbatch starts and sizes vLLM itself
 
-With ``--shape NAME`` (shapes.py: decode, prefix, chat, short), ``offline`` and ``vbatch-launch``
-run that job shape and time the whole command as a user waits for it: ``total_wall_s`` from the
-process's start (offline: imports, ``LLM(model)`` with vLLM's defaults, ``generate``/``chat``, no
-warm-up) or from the command's launch (vbatch: sizing, vLLM's start, the run, the stop), beside
+With ``--shape NAME`` (shapes.py: decode, prefix, chat, short, long, n4), ``offline`` and
+``vbatch-launch`` run that job shape and time the whole command as a user waits for it:
+``total_wall_s`` from the process's start (offline: imports, ``LLM(model)`` with vLLM's
+defaults, ``generate``/``chat``, no warm-up) or from the command's launch (vbatch: sizing,
+vLLM's start, the run, the stop), beside
 ``wall_s``, the run alone.
 """
 
@@ -145,7 +146,10 @@ def cmd_offline_shape(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     llm = LLM(model=a.model, seed=0, load_format="dummy", **json.loads(a.engine))
     startup = time.perf_counter() - t0
-    sp = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0)
+    n = shapes.SHAPES[a.shape].n
+    # vLLM refuses n > 1 with greedy sampling; ignore_eos still makes every completion full.
+    sp = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=1.0 if n > 1 else 0,
+                        n=n)  # fmt: skip
     t0 = time.perf_counter()
     cpu = ServerCpu(include_self=True)
     if "messages" in rows[0]:
@@ -154,7 +158,7 @@ def cmd_offline_shape(a: argparse.Namespace) -> None:
         outs = llm.generate([r["prompt"] for r in rows], sp, use_tqdm=False)
     wall = time.perf_counter() - t0
     server_cpu = cpu.result()
-    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     prompt_tokens = sum(len(o.prompt_token_ids or ()) for o in outs)
     record(a.out, case=a.case, shape=a.shape, model=a.label, max_tokens=a.max_tokens,
            n=len(outs), wall_s=round(wall, 2), out_tok_s=round(tokens / wall, 1),
@@ -251,6 +255,8 @@ def _vbatch(a: argparse.Namespace, *extra: str) -> None:
            "--max-tokens", str(a.max_tokens), "--temperature", "0",
            "--extra-body", json.dumps({"ignore_eos": True}), "--metrics-json", str(metrics),
            *extra]  # fmt: skip
+    if a.shape and shapes.SHAPES[a.shape].n > 1:  # not greedy: vLLM refuses n > 1 with it
+        cmd += ["--n", str(shapes.SHAPES[a.shape].n), "--temperature", "1.0"]
     env = None
     if a.src:  # another tree's vbatch (a before/after pair in one lease)
         env = {**os.environ, "PYTHONPATH": f"{a.src}:{os.environ.get('PYTHONPATH', '')}"}

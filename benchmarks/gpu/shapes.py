@@ -1,10 +1,14 @@
-"""Four job shapes for whole-command benchmarks (issue 12), the same rows for vbatch and offline.
+"""Job shapes for whole-command benchmarks (issues 12, 23), the same rows for vbatch and offline.
 
   decode   2,000 rows, ~90-token prompts, 1,024 output tokens: the GPU's decode work
   prefix   16,000 rows, ~1k-token prompts of which ~950 tokens are one shared few-shot block,
            8 output tokens: prefill and the engine loop, with prefix caching to gain
   chat     16,000 multi-turn chats (2-4 user turns, ~250 tokens of text), 64 output tokens
   short    40,000 rows, ~50-token prompts, 16 output tokens: labelling, the engine loop
+  long     1,500 rows, ~4.5k-token prompts, each its own (no shared prefix), 32 output tokens:
+           prefill-bound, where replicas compete for the GPU's compute
+  n4       4,000 rows, ~50-token prompts, 4 completions of 128 tokens each (``n`` = 4):
+           parallel sampling, one prefill shared by four sequences
 
 Sized so that each side of a shape runs one to three minutes on an H200 with the ~1B shape.
 
@@ -48,6 +52,7 @@ class Shape:
     words: tuple[int, int]  # a row's own text, in words
     chat: bool = False
     prefix_words: int = 0  # a few-shot block shared by every row
+    n: int = 1  # completions per row
 
 
 SHAPES = {
@@ -55,6 +60,8 @@ SHAPES = {
     "prefix": Shape(16000, 8, (50, 80), prefix_words=780),
     "chat": Shape(16000, 64, (40, 80), chat=True),
     "short": Shape(40000, 16, (25, 50)),
+    "long": Shape(1500, 32, (4300, 4700)),  # ~1.0 token a word here: past 4,096, the 8k bucket
+    "n4": Shape(4000, 128, (25, 50), n=4),
 }
 
 

@@ -18,7 +18,7 @@
 #   launch16 launch16-rN   the same two with max_tokens 16
 #   cut-N            from here on, vbatch/vbatch-wN steps send the first N prompts only
 #   off-SHAPE        offline LLM(model) with vLLM's defaults on a job shape (shapes.py: decode,
-#                    prefix, chat, short), the whole command timed
+#                    prefix, chat, short, long, n4), the whole command timed
 #   vb-SHAPE         vbatch run --model ... on that shape (vbatch's own plan), the whole command
 #   vbapi2-SHAPE     the same with two API server processes a replica (--api-server-count 2)
 #   vbfork-SHAPE     vb-SHAPE with VLLM_WORKER_MULTIPROC_METHOD=fork: vLLM's API server spawns

@@ -96,10 +96,9 @@ class ClientOptions:
 DEFAULT_HOST = "127.0.0.1"  # servers vbatch starts are not reachable from elsewhere unless asked
 STARTUP_TIMEOUT_S = 900.0
 # Stopping: SIGTERM to the server's process group, then SIGKILL after a grace. A server that
-# served gets the long one (vLLM shuts down in ~2 s). One still starting has nothing to finish
-# and does not stop on SIGTERM: vLLM's API process waits for its engine, which SIGTERM ended,
-# until killed (measured: 35 s, the whole long grace, at the end of every job that finished
-# while a replica was still starting, and after every Ctrl-C during start-up).
+# served gets the long one. One still starting has nothing to finish and does not stop on
+# SIGTERM: vLLM's API process waits for its engine, which SIGTERM ended, until killed
+# (measured: docs/benchmarks.md §1, "Stopping a replica that is still starting").
 STOP_GRACE_S = 30.0
 STARTING_STOP_GRACE_S = 3.0
 # A server vbatch started that dies is restarted, at most this many times within

@@ -20,7 +20,7 @@ _MARKER = ".vbatch-complete"
 
 
 def ensure_embedded_model() -> Path:
-    """The converted model's folder, converting the packaged GGUF on first use (~30 s).
+    """The converted model's folder, converting the packaged GGUF on first use.
 
     A file lock makes concurrent first uses (tests, two terminals) convert once; the result
     appears by rename, so a killed conversion leaves nothing half-written behind.

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-TRACKER_GRACE_S = 2.0  # measured: a resource tracker is done ~0.5 s after its last client
+TRACKER_GRACE_S = 2.0  # a resource tracker is done well within this after its last client
 TRACKER = "multiprocessing.resource_tracker"
 PR_SET_PDEATHSIG = 1
 
@@ -50,8 +50,8 @@ def members(group: int) -> dict[int, str]:
 
 def kill_all_but_trackers(group: int) -> None:
     """SIGKILL every process of ``group`` but Python's resource trackers: once their clients
-    are gone they unlink the shared memory vLLM's processes made (~170 MB a server on a CPU),
-    which a SIGKILL to the whole group leaves behind in /dev/shm."""
+    are gone they unlink the shared memory vLLM's processes made (a CPU server's KV cache
+    among it), which a SIGKILL to the whole group leaves behind in /dev/shm."""
     for pid, command in members(group).items():
         if TRACKER not in command:
             with contextlib.suppress(OSError):  # gone meanwhile
