@@ -31,7 +31,7 @@ async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
             yield group
     except BaseExceptionGroup as failed:
         errors = [e for e in failed.exceptions if not isinstance(e, asyncio.CancelledError)]
-        if len(errors) == 1 or (errors and len(failed.exceptions) > 1):
+        if errors:
             raise errors[0] from None
         raise
 

@@ -155,8 +155,6 @@ def run_command(
         )  # fmt: skip
     except VbatchError as exc:
         _fail(exc)
-    except TypeError as exc:  # pragma: no cover - a flag without its option: a bug
-        raise UserError(str(exc)) from None
     if metrics_json:
         try:
             with open(metrics_json, "wb") as f:

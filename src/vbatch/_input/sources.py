@@ -42,7 +42,7 @@ def finish_digest(digest: Digest) -> str:
 def file_digest(path: str) -> str:
     """Content identity of the input: a renamed or touched file still resumes, an edited one not."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:32]
+        return finish_digest(hashlib.file_digest(f, "sha256"))
 
 
 _EXTENSIONS = {
