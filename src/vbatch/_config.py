@@ -9,6 +9,7 @@ beside them (``ORDERS``, ...) are what the CLI offers and ``check_choice`` accep
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -30,6 +31,7 @@ __all__ = [
     "Order",
     "OverflowPolicy",
     "check_choice",
+    "parse_duration",
 ]
 
 # -- fixed choices -------------------------------------------------------------------------------
@@ -49,6 +51,19 @@ INPUT_FORMATS: tuple[InputFormat, ...] = get_args(InputFormat)
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``text``: a number of seconds, or one with a unit ("90s", "10m", "2h",
+    "7d")."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigError(f"not a duration (like 90s, 10m, 2h): {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
 
 
 # -- the client ------------------------------------------------------------------------------------
@@ -147,10 +162,15 @@ class LaunchOptions:
     port: int = 0  # 0: a free port
     startup_timeout_s: float = STARTUP_TIMEOUT_S
     max_restarts: int = MAX_RESTARTS
+    # Seconds the servers stay up, idle, after the run (a warm fleet that later runs attach
+    # to); 0: stopped with the run.
+    keep_alive_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas > 1 and self.port:
             raise ConfigError("--port names one port; replicas each take a free one")
+        if self.keep_alive_s < 0:
+            raise ConfigError(f"keep_alive must not be negative; got {self.keep_alive_s}")
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -83,6 +83,7 @@ class Options(ClientKeywords, total=False):
     port: int
     startup_timeout_s: float
     max_restarts: int
+    keep_alive_s: float
 
 
 def _names(cls: type) -> frozenset[str]:

@@ -105,7 +105,7 @@ def _fake_plan(replicas: int, together: bool = True) -> LaunchPlan:
 async def test_a_local_fleet_is_up_with_its_first_replica_and_stops_them_all() -> None:
     announced: list[int] = []
     fleet = LocalFleet(_fake_plan(2, together=False), interval_s=0.1,
-                       on_launch=lambda p, servers: announced.append(len(servers)))  # fmt: skip
+                       on_launch=lambda launched: announced.append(len(launched.urls)))  # fmt: skip
     await fleet.start()
     try:
         assert announced == [2]

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -15,6 +16,7 @@ import orjson
 
 from .._api import arun, run_sync
 from .._config import ORDERS, LaunchOptions, Order
+from .._engine.machine import detect_backend
 from .._errors import (
     ConfigError,
     FleetError,
@@ -28,13 +30,21 @@ from .._errors import (
     VbatchError,
 )
 from .._fleet.factory import FleetFactory, FleetTarget, running
+from .._fleet.warm import gpu_set, stop_keeper, usage, warm_entries
 from .._job import RunSummary
 from .._output.files import check_writable
 from .._output.merge import merge
 from .._output.parquet import write_parquet
 from .._progress import choose_progress
 from .._tasks import CancelledOn
-from .options import client_options, input_options, launch_options, output_options, request_options
+from .options import (
+    client_options,
+    input_options,
+    keep_alive_option,
+    launch_options,
+    output_options,
+    request_options,
+)
 from .report import announce, print_summary
 
 __all__ = ["main"]
@@ -103,6 +113,7 @@ def cli() -> None:
 @input_options
 @output_options
 @launch_options
+@keep_alive_option
 def run_command(
     input_path: str,
     output: str,
@@ -238,6 +249,70 @@ def merge_command(shards: tuple[str, ...], output: str, input_path: str | None, 
     failed = f" ({summary.failed:,} of them error records)" if summary.failed else ""
     click.echo(f"vbatch: {summary.rows:,} rows from {len(shards)} shards in {output}{failed}",
                err=True)  # fmt: skip
+
+
+@cli.command("ps")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per fleet.")
+def ps_command(as_json: bool) -> None:
+    """List the warm fleets on this machine (kept up by `vbatch run --keep-alive`)."""
+    now = time.time()
+    fleets = [(entry, usage(entry), entry.idle_s(now)) for entry in warm_entries()]
+    if as_json:
+        for entry, use, idle in fleets:
+            click.echo(orjson.dumps({
+                "gpus": entry.key, "model": entry.served_model, "state": entry.state,
+                "urls": entry.urls, "replicas": entry.replicas, "context": entry.context,
+                "users": use.users, "idle_s": idle, "keep_alive_s": entry.keep_alive_s,
+                "memory_bytes": use.memory_bytes, "gpu_memory_bytes": use.gpu_memory_bytes,
+                "restarts": entry.restarts, "keeper_pid": entry.pid, "log": entry.log,
+            }))  # fmt: skip
+        return
+    if not fleets:
+        click.echo("no warm fleets (vbatch run --keep-alive 10m keeps one)", err=True)
+        return
+    click.echo(f"{'GPUS':<10} {'MODEL':<28} {'STATE':<9} {'IDLE':>7} {'STOPS IN':>8} "
+               f"{'MEMORY':>7} {'GPU MEM':>7}  URL")  # fmt: skip
+    for entry, use, idle in fleets:
+        idle_text = "in use" if idle is None else _ago(idle)
+        stops = "-" if idle is None else _ago(max(0.0, entry.keep_alive_s - idle))
+        gpu = "-" if use.gpu_memory_bytes is None else _gib(use.gpu_memory_bytes)
+        urls = entry.urls or ["(starting)"]
+        more = f" +{len(urls) - 1}" if len(urls) > 1 else ""
+        click.echo(f"{entry.key:<10} {entry.served_model[:28]:<28} {entry.state:<9} "
+                   f"{idle_text:>7} {stops:>8} {_gib(use.memory_bytes):>7} {gpu:>7}  "
+                   f"{urls[0]}{more}")  # fmt: skip
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f}G"
+
+
+@cli.command("stop")
+@click.argument("gpus", nargs=-1)
+@click.option("--all", "stop_all", is_flag=True, help="Every warm fleet on this machine.")
+@click.option("--force", is_flag=True, help="Stop a fleet even while runs use it (they fail "
+              "and keep what they finished).")  # fmt: skip
+def stop_command(gpus: tuple[str, ...], stop_all: bool, force: bool) -> None:
+    """Stop warm fleets: those on GPUS (as `vbatch ps` names them), every one with --all, or
+    else the one of this shell's GPUs ($CUDA_VISIBLE_DEVICES; cpu without a GPU)."""
+    entries = warm_entries()
+    if not stop_all:
+        wanted = set(gpus) or {gpu_set(detect_backend())}
+        entries = [e for e in entries if e.key in wanted]
+        if not entries:
+            raise UserError(f"no warm fleet on {', '.join(sorted(wanted))} (see vbatch ps)")
+    busy = [e for e in entries if usage(e).users]
+    if busy and not force:
+        names = ", ".join(f"{e.key} (runs {', '.join(map(str, usage(e).users))})" for e in busy)
+        raise UserError(f"in use: {names}; --force stops them anyway")
+    for entry in entries:
+        click.echo(f"vbatch: stopping the warm fleet of {entry.served_model} on {entry.key} "
+                   f"(keeper pid {entry.pid})...", err=True)  # fmt: skip
+        stop_keeper(entry)
 
 
 async def _serve(target: FleetTarget) -> int:

@@ -20,6 +20,7 @@ from .._config import (
     ORDERS,
     OVERFLOW_POLICIES,
     LaunchOptions,
+    parse_duration,
 )
 from .._engine.plan import CPU_MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION
 from .._errors import ConfigError
@@ -31,6 +32,7 @@ __all__ = [
     "client_options",
     "engine_options",
     "input_options",
+    "keep_alive_option",
     "launch_options",
     "output_options",
     "request_options",
@@ -63,6 +65,13 @@ def _ray_address(ctx: click.Context, param: click.Parameter, value: str | None) 
         return value
     raise click.BadParameter(f"{value!r} is not a Ray address (auto, HOST:PORT or "
                              "ray://HOST:PORT); write --ray=ADDRESS, or --ray last")  # fmt: skip
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -225,3 +234,12 @@ server_address_options = _group([
 ])  # fmt: skip
 
 launch_options = _group([ray_option, engine_options, server_address_options])
+
+# Servers kept after the run (``vbatch run`` only: ``serve`` and ``api`` keep theirs anyway).
+keep_alive_option = click.option(
+    "--keep-alive", "keep_alive_s", callback=_duration, metavar="DURATION",
+    help="Keep the started servers up after the run, for this long idle (90s, 10m, 2h): a "
+         "later run of the same model and engine settings uses them instead of starting vLLM "
+         "(and renews the time). `vbatch ps` lists them, `vbatch stop` stops them [env "
+         "VBATCH_KEEP_ALIVE; default: stopped with the run].",
+)  # fmt: skip

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import click
 
-from .._engine.plan import LaunchPlan
-from .._engine.server import VllmServer
+from .._fleet.local import Launched
 from .._job import RunSummary
 
 __all__ = ["announce", "print_summary"]
 
 
-def announce(plan: LaunchPlan, servers: list[VllmServer]) -> None:
-    spec = plan.spec
+def announce(launched: Launched) -> None:
+    plan, spec = launched.plan, launched.plan.spec
     size = f"max_model_len {spec.max_model_len}" if spec.max_model_len else "the model's context"
-    count = f"{len(servers)} replicas of " if len(servers) > 1 else ""
-    click.echo(f"vbatch: starting {count}vLLM ({spec.backend}) for {plan.served_model} on "
-               f"{servers[0].root_url}, {size}, window {plan.concurrency}", err=True)  # fmt: skip
+    count = f"{len(launched.urls)} replicas of " if len(launched.urls) > 1 else ""
+    where = launched.urls[0] if launched.urls else "?"
+    if launched.warm is None:
+        click.echo(f"vbatch: starting {count}vLLM ({spec.backend}) for {plan.served_model} on "
+                   f"{where}, {size}, window {plan.concurrency}", err=True)  # fmt: skip
+    else:
+        click.echo(f"vbatch: {launched.warm}: {count}vLLM ({spec.backend}) for "
+                   f"{plan.served_model} on {where}, {size}", err=True)  # fmt: skip
     for note in plan.notes:
         click.echo(f"vbatch: {note}", err=True)
-    click.echo(f"vbatch: server log: {servers[0].log_path}", err=True)
+    click.echo(f"vbatch: server log: {launched.log}", err=True)
 
 
 def print_summary(summary: RunSummary) -> None:

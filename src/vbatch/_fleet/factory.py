@@ -1,7 +1,7 @@
-"""The one place fleets are made: servers someone runs (URLs), vLLM started on this machine, or
-vLLM started on a Ray cluster. ``vbatch run``, ``serve`` and ``api`` and the library all come
-here, so the choice between them, its conflicts, and the window each member gets are decided
-once.
+"""The one place fleets are made: servers someone runs (URLs), vLLM started on this machine (for
+the run, or kept warm across runs: warm/), or vLLM started on a Ray cluster. ``vbatch run``,
+``serve`` and ``api`` and the library all come here, so the choice between them, its
+conflicts, and the window each member gets are decided once.
 
 A ``FleetFactory`` is entered for the fleet's whole life (for Ray it holds the driver's
 connection, and a local Ray instance it started); ``build`` gives a fleet not yet started, with
@@ -12,12 +12,13 @@ start its servers in the background while it reads its input.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._config import DOWN_TIMEOUT_S, LaunchOptions
+from .._config import DOWN_TIMEOUT_S, LaunchOptions, parse_duration
 from .._engine.machine import Machine
 from .._engine.model import ModelFiles, resolve_model
 from .._engine.plan import LaunchPlan, plan_launch
@@ -26,6 +27,7 @@ from .._errors import ConfigError
 from .base import Fleet, base_urls
 from .local import LocalFleet, OnLaunch, Settle
 from .static import StaticFleet
+from .warm import WarmFleet, gpu_set, read_entry
 
 __all__ = ["BuiltFleet", "FleetFactory", "FleetTarget", "running"]
 
@@ -49,8 +51,11 @@ class FleetTarget:
         given = self.launch.given()
         if self.base_urls and given:
             name = given[0]
-            raise ConfigError(f"{name} (--{name.replace('_', '-')}) applies only to a server "
-                              "vbatch starts, not beside base_url (--base-url)")  # fmt: skip
+            flag = name.removesuffix("_s").replace("_", "-")
+            raise ConfigError(f"{name} (--{flag}) applies only to a server vbatch starts, not "
+                              "beside base_url (--base-url)")  # fmt: skip
+        if self.ray is not None and self.launch.keep_alive_s:
+            raise ConfigError("--keep-alive keeps servers on this machine, not on Ray")
 
     @classmethod
     def of(
@@ -61,10 +66,18 @@ class FleetTarget:
         launch: LaunchOptions | None = None,
         down_timeout_s: float = DOWN_TIMEOUT_S,
     ) -> FleetTarget:
-        """The target a caller's options name; ``$VBATCH_BASE_URL`` stands for ``base_url``."""
+        """The target a caller's options name; ``$VBATCH_BASE_URL`` stands for ``base_url``, and
+        ``$VBATCH_KEEP_ALIVE`` for a keep-alive not given, where vbatch starts servers here."""
         urls = base_url or (os.environ.get("VBATCH_BASE_URL") if ray is None else None)
-        return cls(tuple(base_urls(urls)) if urls else (), ray, model,
-                   launch or LaunchOptions(), down_timeout_s)  # fmt: skip
+        launch = launch or LaunchOptions()
+        keep = os.environ.get("VBATCH_KEEP_ALIVE")
+        if keep and not urls and ray is None and not launch.keep_alive_s:
+            try:
+                launch = dataclasses.replace(launch, keep_alive_s=parse_duration(keep))
+            except ConfigError as exc:
+                raise ConfigError(f"$VBATCH_KEEP_ALIVE: {exc}") from None
+        return cls(tuple(base_urls(urls)) if urls else (), ray, model, launch,
+                   down_timeout_s)  # fmt: skip
 
     @property
     def launches(self) -> bool:
@@ -142,8 +155,14 @@ class FleetFactory:
                                              target.down_timeout_s)  # fmt: skip
             return BuiltFleet(fleet, ray_plan)
         plan = plan or self.plan(measure)
-        fleet = LocalFleet(plan, on_launch, max_restarts=target.launch.max_restarts,
-                           settle=settle)  # fmt: skip
+        # A warm fleet when asked for one, or when one is there (to use, or to stop: one fleet
+        # per GPU set); else servers of this run's own.
+        key = gpu_set(plan.spec.backend)
+        if target.launch.keep_alive_s or read_entry(key) is not None:
+            fleet = WarmFleet(key, plan, target.launch, on_launch, settle, target.down_timeout_s)
+        else:
+            fleet = LocalFleet(plan, on_launch, max_restarts=target.launch.max_restarts,
+                               settle=settle)  # fmt: skip
         return BuiltFleet(fleet, plan)
 
 

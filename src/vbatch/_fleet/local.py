@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from .._config import HEALTH_INTERVAL_S, MAX_RESTARTS
 from .._engine.plan import LaunchPlan
@@ -27,11 +29,22 @@ from .base import FleetStatus
 from .replica import Replica, Supervision
 from .roster import Prober, Roster
 
-__all__ = ["LocalFleet", "OnLaunch", "Settle"]
+__all__ = ["Launched", "LocalFleet", "OnLaunch", "Settle"]
+
+
+@dataclass(frozen=True)
+class Launched:
+    """What a fleet of this machine tells its caller once its servers are started (or found:
+    a warm fleet), for the user."""
+
+    plan: LaunchPlan
+    urls: Sequence[str]  # the members' base URLs
+    log: Path | str | None  # where to look when something goes wrong
+    warm: str | None = None  # how a warm fleet serves this run; None: the run's own servers
 
 
 Settle = Callable[[], Awaitable[LaunchPlan | None]]
-OnLaunch = Callable[[LaunchPlan, list[VllmServer]], None]
+OnLaunch = Callable[[Launched], None]
 
 
 class LocalFleet:
@@ -99,7 +112,8 @@ class LocalFleet:
         finally:
             self._settled.set()
         if self._on_launch is not None:
-            self._on_launch(self.plan, self.servers)
+            log = self.servers[0].log_path
+            self._on_launch(Launched(self.plan, [r.url for r in self.replicas], log))
         self._watchers = [asyncio.create_task(r.watch(r in first)) for r in self.replicas]
         try:
             await self.roster.wait_up()
