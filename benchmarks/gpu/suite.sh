@@ -26,6 +26,10 @@
 #                    forks it; does forking close the ~22 s between the two? (each vbatch record
 #                    carries its servers' timeline: args, engine, graphs, init_done, serving)
 #   vbr1-SHAPE       vb-SHAPE with one server (--replicas 1): start-up without three at once
+#   vbbtN-SHAPE      vb-SHAPE with --max-num-batched-tokens N (the plan's own overridden)
+#   vbka-SHAPE       vb-SHAPE with --keep-alive 10m: the servers stay up after the command
+#   vbwarm-SHAPE     vb-SHAPE again, no flags: it attaches to the warm fleet vbka- left
+#   vbstop           vbatch stop --all (the warm fleet), timed
 #   ray-start        a one-node Ray cluster on this machine, on loopback (127.0.0.1:6380), for:
 #   ray-rN           launch-rN with Ray placing the N servers (--ray): N members of 1/N GPU each
 #   ray-stop         stop that cluster
@@ -59,6 +63,10 @@ for step in "$@"; do
     vb-*) timeout 590 $B vbatch-launch --shape ${step#vb-} --case vbatch_${step#vb-};;
     vbfork-*) VLLM_WORKER_MULTIPROC_METHOD=fork timeout 590 $B vbatch-launch --shape ${step#vbfork-} --case vbatch_${step#vbfork-}_fork;;
     vbr1-*) timeout 590 $B vbatch-launch --shape ${step#vbr1-} --case vbatch_${step#vbr1-}_r1 --vbatch-args="--replicas 1";;
+    vbbt*) n=${step%%-*}; n=${n#vbbt}; shape=${step#*-}; timeout 590 $B vbatch-launch --shape $shape --case vbatch_${shape}_bt$n --vbatch-args="--vllm-arg=--max-num-batched-tokens=$n";;
+    vbka-*) timeout 590 $B vbatch-launch --shape ${step#vbka-} --case vbatch_${step#vbka-}_keepalive --vbatch-args="--keep-alive 10m";;
+    vbwarm-*) timeout 590 $B vbatch-launch --shape ${step#vbwarm-} --case vbatch_${step#vbwarm-}_attached;;
+    vbstop) s0=$SECONDS; python3 -m vbatch stop --all --force; echo "RESULT {\"case\": \"vbatch_stop\", \"wall_s\": $((SECONDS - s0))}";;
     vbapi2-*) timeout 590 $B vbatch-launch --shape ${step#vbapi2-} --case vbatch_${step#vbapi2-}_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
     seed16) $B seed --case seed_sem500 --max-tokens 16;;
     vbatch16) $B vbatch --case vbatch_server_default --max-tokens 16;;
@@ -76,5 +84,6 @@ for step in "$@"; do
 done
 echo "== done at ${SECONDS}s"
 cp /root/logs/*.log $OUT/ 2>/dev/null
+for f in /root/bench/*.stderr; do [ -f "$f" ] && tail -c 8000 "$f" > "$OUT/$(basename "$f")"; done
 for f in $VBATCH_HOME/logs/*.log; do [ -f "$f" ] && tail -c 30000 "$f" > "$OUT/vbatch-$(basename "$f")"; done
 ls $OUT

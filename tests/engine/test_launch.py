@@ -28,6 +28,7 @@ from vbatch._engine.sizing import (
     CHAT_TOKENS_PER_MESSAGE,
     InputMeasure,
     measure_requests,
+    shared_prefixes,
 )
 from vbatch._input.requests import RequestBuilder
 from vbatch._input.sources import open_source
@@ -342,15 +343,25 @@ def test_approx_params_of_plain_decoders_only() -> None:
 
 
 def _gpu_job(
-    tmp_path: Path, config: dict[str, Any], rows: int = 1, chars: int = 400, max_tokens: int = 100
+    tmp_path: Path,
+    config: dict[str, Any],
+    rows: int = 1,
+    chars: int = 400,
+    max_tokens: int = 100,
+    unique: bool = False,
+    n: int = 1,
 ) -> tuple[Job, Path]:
-    """``rows`` prompts of ``chars + 2`` tokens (the byte bound: no tokenizer in the folder)."""
+    """``rows`` prompts of ``chars + 2`` tokens (the byte bound: no tokenizer in the folder),
+    all the same (a prompt shared in full) unless ``unique`` (each begins with its number)."""
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text(json.dumps(config))
     inp = tmp_path / "in.jsonl"
-    row = json.dumps({"prompt": "x" * chars, "max_tokens": max_tokens}) + "\n"
-    inp.write_text(row * rows)
+    extra = {"n": n} if n > 1 else {}
+    with inp.open("w") as f:
+        for i in range(rows):
+            prompt = f"{i:08d}" + "x" * (chars - 8) if unique else "x" * chars
+            f.write(json.dumps({"prompt": prompt, "max_tokens": max_tokens, **extra}) + "\n")
     return make_job(str(inp)), model
 
 
@@ -444,6 +455,76 @@ def test_the_working_set_follows_the_job(tmp_path: Path) -> None:
     Path(job.input).write_text(json.dumps({"prompt": "x" * 98}) + "\n")
     plan = plan_launch(make_job(job.input), str(model), "gpu", big)
     assert plan.spec.max_model_len is None and plan.replicas == 1
+
+
+def test_shared_prefixes_are_found_between_neighbours_in_order() -> None:
+    texts = ["abcX", "zzz", "abcY", "abQ", "", "zzz"]
+    assert shared_prefixes(texts) == [3, 3, 3, 2, 0, 3]
+    assert shared_prefixes(["only"]) == [0]
+    assert shared_prefixes([]) == []
+
+
+def test_measure_tells_shared_prefixes_and_completions(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    few_shot = "y" * 900
+    rows = [{"prompt": few_shot + f"{i:04d}" + "z" * 96, "max_tokens": 8} for i in range(4)]
+    rows.append({"prompt": "w" * 1000, "max_tokens": 8, "n": 4})
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = measure_input(make_job(str(inp)), None, default_max_tokens=None)
+    # Four rows share 900-903 of their 1,000 characters (the byte bound: 1,002 tokens each).
+    assert m.mean_unique_prompt == pytest.approx((4 * 1002 * 97 / 1000 + 1002) / 5, rel=0.01)
+    assert m.mean_completions == (4 + 4) / 5
+
+
+def test_a_prefill_bound_job_gets_one_server_and_bigger_prefill_steps(tmp_path: Path) -> None:
+    big = 140 * 2**30
+    # 1,500 rows of ~4k unique prompt tokens, 32 out (the long GPU shape): one server.
+    job, model = _gpu_job(tmp_path, LLAMA_1B_SHAPE, rows=1500, chars=4000, max_tokens=32,
+                          unique=True)  # fmt: skip
+    plan = plan_launch(job, str(model), "gpu", big)
+    assert plan.replicas == 1 and plan.spec.max_num_batched_tokens == 32768
+    assert any("prefill-bound" in note for note in plan.notes)
+    assert plan.spec.max_model_len == 4096  # 4,002 + 32
+    # The same prompts, one shared by every row: prefix caching computes it once; replicas.
+    (tmp_path / "shared").mkdir()
+    job, model = _gpu_job(tmp_path / "shared", LLAMA_1B_SHAPE, rows=1500, chars=4000,
+                          max_tokens=32)  # fmt: skip
+    plan = plan_launch(job, str(model), "gpu", big)
+    assert plan.replicas == 3 and plan.spec.max_num_batched_tokens == 16384
+    # Unique prompts, but outputs long enough that decoding weighs, or prompts under 1,024
+    # tokens: not prefill-bound (replicas then as the working set allows).
+    for name, chars, max_tokens, n in [("decode", 4000, 512, 1), ("n", 4000, 128, 4),
+                                        ("short", 900, 8, 1)]:  # fmt: skip
+        (tmp_path / name).mkdir()
+        job, model = _gpu_job(tmp_path / name, LLAMA_1B_SHAPE, rows=1500, chars=chars,
+                              max_tokens=max_tokens, unique=True, n=n)  # fmt: skip
+        plan = plan_launch(job, str(model), "gpu", big)
+        assert plan.spec.max_num_batched_tokens == 16384, name
+        assert not any("prefill-bound" in note for note in plan.notes), name
+        assert name != "short" or plan.replicas == 3
+    # The user's replicas stand; the prefill steps still grow.
+    job, model = _gpu_job(tmp_path, LLAMA_1B_SHAPE, rows=1500, chars=4000, max_tokens=32,
+                          unique=True)  # fmt: skip
+    plan = plan_launch(job, str(model), "gpu", big, replicas=2)
+    assert plan.replicas == 2 and plan.spec.max_num_batched_tokens == 32768
+    # CPU plans are untouched.
+    assert plan_launch(job, str(model), "cpu", big).spec.max_num_batched_tokens is None
+
+
+def test_parallel_sampling_counts_sequences_not_rows(tmp_path: Path) -> None:
+    big = 140 * 2**30
+    one, model = _gpu_job(tmp_path, LLAMA_1B_SHAPE, rows=4000, chars=60, max_tokens=128,
+                          unique=True)  # fmt: skip
+    (tmp_path / "n4").mkdir()
+    four, model4 = _gpu_job(tmp_path / "n4", LLAMA_1B_SHAPE, rows=4000, chars=60,
+                            max_tokens=128, unique=True, n=4)  # fmt: skip
+    plan1 = plan_launch(one, str(model), "gpu", big, replicas=3)
+    plan4 = plan_launch(four, str(model4), "gpu", big, replicas=3)
+    # The window is twice the sequences the engines run, in rows: a quarter of the rows.
+    assert plan1.concurrency == 2 * 1024 * 3 and plan4.concurrency == 2 * 1024 * 3 // 4
+    # A row of four completions holds one prompt and four outputs of KV cache.
+    assert plan4.measure.mean_completions == 4
+    assert plan_launch(four, str(model4), "cpu", big).concurrency == 2 * 128 // 4
 
 
 def test_measure_keeps_the_means_of_a_sample(

@@ -30,6 +30,14 @@ GPU_MAX_NUM_SEQS = 1024
 # (vLLM captures only up to 512 by default, so a batch of 513-1024 ran without them).
 GPU_MAX_NUM_BATCHED_TOKENS = 16384
 GPU_MEMORY_UTILIZATION = 0.9
+# A prefill-bound job (see _prefill_bound): its rows' own prompt tokens (not a prefix shared
+# with other rows, which prefix caching computes once) average at least PREFILL_BOUND_PROMPT
+# and outnumber the tokens generated (n completions of max_tokens) PREFILL_BOUND_RATIO to one.
+# The GPU's compute bounds such a job, not an engine loop: one server, with bigger prefill
+# steps. Measured: docs/benchmarks.md §2g.
+PREFILL_BOUND_PROMPT = 1024
+PREFILL_BOUND_RATIO = 32
+PREFILL_MAX_NUM_BATCHED_TOKENS = 32768
 # Replicas on a GPU (see _auto_replicas): three up to MEASURED_PARAMS weights, two above; each
 # replica wants cores for its engine loop and API server.
 AUTO_REPLICAS = 3
@@ -84,10 +92,12 @@ def _replica_kv_tokens(
     if mean is None:
         return seqs * max_model_len
     prompt, output = mean
+    # A row of ``n`` completions is n sequences sharing one prompt's blocks (prefix caching).
+    n = measure.mean_completions
     admitted = GPU_MAX_NUM_BATCHED_TOKENS / max(prompt, 1.0) * (output + 1)
     share = -(-measure.rows // replicas) if measure.complete else seqs
-    running = min(seqs, share, max(1, int(admitted)))
-    return max(max_model_len, int(running * (prompt + output)))
+    rows = min(seqs / n, share, max(1, int(admitted)))
+    return max(max_model_len, int(rows * (prompt + n * output)))
 
 
 def _replica_kv_bytes(
@@ -132,6 +142,23 @@ def _auto_replicas(
         if _replica_kv_bytes(config, tokens, share, machine.gpu_memory_bytes):
             return replicas
     return 1
+
+
+def _prefill_bound(measure: InputMeasure) -> str | None:
+    """Why the job is bound by prefill (the GPU's compute), or None.
+
+    Replicas pay where one engine loop leaves the GPU idle between steps: short prompts, or
+    decoding. A step of thousands of unique prompt tokens keeps the GPU busy however fast the
+    loop is, so there replicas only compete for the same compute (0.85x offline with three on
+    ~3.5k-token prompts; docs/benchmarks.md §2f)."""
+    mean, unique = measure.mean_row, measure.mean_unique_prompt
+    if mean is None or unique is None:
+        return None
+    generated = measure.mean_completions * mean[1]
+    if unique >= PREFILL_BOUND_PROMPT and unique >= PREFILL_BOUND_RATIO * max(generated, 1.0):
+        return (f"prefill-bound job ({unique:.0f} prompt tokens of its own a row, "
+                f"{generated:.0f} generated)")  # fmt: skip
+    return None
 
 
 def _bucket(tokens: int) -> int:
@@ -191,6 +218,11 @@ def plan_launch(
         replicas = replicas or 1
     else:
         seqs = options.max_num_seqs or GPU_MAX_NUM_SEQS
+        prefill_bound = _prefill_bound(measure)
+        batched_tokens = GPU_MAX_NUM_BATCHED_TOKENS
+        if prefill_bound:
+            batched_tokens = PREFILL_MAX_NUM_BATCHED_TOKENS
+            notes.append(f"{prefill_bound}: max_num_batched_tokens {batched_tokens}")
         if replicas is None:
             # Chosen only where nothing else spreads the model: vLLM's own parallelism, a
             # fixed port or a set memory share each mean one server.
@@ -198,6 +230,9 @@ def plan_launch(
                       or options.port or gpu_memory_utilization)  # fmt: skip
             if spread:
                 replicas = 1
+            elif prefill_bound:
+                replicas = 1
+                notes.append("one server: replicas would compete for the GPU's compute")
             else:
                 replicas = _auto_replicas(model.config, measure, seqs, max_model_len, machine)
             if replicas > 1:
@@ -207,7 +242,6 @@ def plan_launch(
         gpu_memory_utilization = round(
             (gpu_memory_utilization or GPU_MEMORY_UTILIZATION) / replicas, 3
         )
-        batched_tokens = GPU_MAX_NUM_BATCHED_TOKENS
         env["VLLM_WORKER_MULTIPROC_METHOD"] = GPU_MULTIPROC_METHOD  # a default: the user's wins
         # vllm_args come last on the command line, so the user's own flags win over these.
         vllm_args = ("--max-cudagraph-capture-size", str(seqs), *vllm_args)
@@ -238,7 +272,8 @@ def plan_launch(
         env=env,
         startup_timeout_s=options.startup_timeout_s,
     )
-    window = 2 * seqs * replicas
+    # Twice the sequences the servers run at once, in rows: a row of ``n`` is n sequences.
+    window = max(replicas, round(2 * seqs * replicas / measure.mean_completions))
     return LaunchPlan(spec, model.served, window, measure, replicas, notes, start_together,
                       model, machine)  # fmt: skip
 

@@ -8,16 +8,18 @@ length cannot beat the longest found so far (a byte-level BPE token is at least 
 rows add a bound for the chat template's tokens. An embeddings row is its ``input`` (the longest
 of a list: each item is its own sequence) and asks for no output tokens.
 
-The launch plan also wants what a typical row holds (how many sequences fit a KV cache), so the
-first ``SAMPLE_ROWS`` rows are all counted and their means kept. The launcher plans from those
-first rows alone (``limit``) and starts vLLM, then measures the rest while vLLM starts: English
-text has several bytes a token, so the byte bound rarely skips a long prompt, and counting
-every prompt of a big job takes seconds that vLLM's start-up can hide. Measured:
-docs/benchmarks.md §1 ("Sizing a self-launched server") and §4.
+The launch plan also wants what a typical row holds (how many sequences fit a KV cache, how
+much of the prompt is its own rather than a prefix shared with other rows, how many completions
+``n`` it asks for), so the first ``SAMPLE_ROWS`` rows are all counted and their means kept.
+The launcher plans from those first rows alone (``limit``) and starts vLLM, then measures the
+rest while vLLM starts: English text has several bytes a token, so the byte bound rarely skips
+a long prompt, and counting every prompt of a big job takes seconds that vLLM's start-up can
+hide. Measured: docs/benchmarks.md §1 ("Sizing a self-launched server") and §4.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 
 from .._models import CHAT, EMBEDDINGS, PreparedRequest
 
-__all__ = ["InputMeasure", "measure_requests"]
+__all__ = ["InputMeasure", "measure_requests", "shared_prefixes"]
 
 # Chat template tokens around the messages: role markers, a default system prompt (SmolLM2's
 # is ~20 tokens), the generation prompt. A bound, not a count.
@@ -49,6 +51,8 @@ class InputMeasure:
     sampled_prompt_tokens: int = 0
     sampled_output_tokens: int = 0
     sampled_unbounded: int = 0  # of them, rows with no max_tokens
+    sampled_completions: int = 0  # their ``n`` summed (completions asked for)
+    sampled_shared_tokens: int = 0  # prompt tokens that begin another sampled row's too
 
     @property
     def mean_row(self) -> tuple[float, float] | None:
@@ -58,6 +62,41 @@ class InputMeasure:
             return None
         n = self.sampled_rows
         return self.sampled_prompt_tokens / n, self.sampled_output_tokens / n
+
+    @property
+    def mean_completions(self) -> float:
+        """The sample's mean ``n``: sequences a row becomes in the engine."""
+        return self.sampled_completions / self.sampled_rows if self.sampled_rows else 1.0
+
+    @property
+    def mean_unique_prompt(self) -> float | None:
+        """Prompt tokens of the sample's average row that no other sampled row begins with:
+        what prefill computes once prefix caching has the shared parts."""
+        if not self.sampled_rows:
+            return None
+        return (self.sampled_prompt_tokens - self.sampled_shared_tokens) / self.sampled_rows
+
+
+def shared_prefixes(texts: list[str]) -> list[int]:
+    """For each text, the length of the longest prefix it shares with another of ``texts``.
+
+    Sorted, a text's longest shared prefix is with a neighbour; each is found by a binary
+    search on slices compared in C, as a character loop in Python would take seconds for
+    2,048 prompts of 20 KB."""
+    order = sorted(range(len(texts)), key=texts.__getitem__)
+    shared = [0] * len(texts)
+    for a, b in itertools.pairwise(order):
+        x, y = texts[a], texts[b]
+        lo, hi = 0, min(len(x), len(y))
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if x[:mid] == y[:mid]:
+                lo = mid
+            else:
+                hi = mid - 1
+        shared[a] = max(shared[a], lo)
+        shared[b] = max(shared[b], lo)
+    return shared
 
 
 def _load_tokenizer(model_dir: Path | None) -> Callable[[list[str]], list[int]] | None:
@@ -116,10 +155,14 @@ def measure_requests(
     whose UTF-8 length plus ``max_tokens`` fits it are not counted: they cannot need more."""
     count = _load_tokenizer(model_dir)
     m = InputMeasure()
-    # Rows to count: (text, overhead, max_tokens, in the sample).
-    batch: list[tuple[str, int, int | None, bool]] = []
+    # Rows to count: (text, overhead, max_tokens, n, in the sample).
+    batch: list[tuple[str, int, int | None, int, bool]] = []
+    # The sample's prompts with their token counts, for the prefixes they share.
+    sample: list[tuple[str, int]] = []
 
-    def add(tokens: int, wanted: int | None, sampled: bool) -> None:
+    def add(
+        tokens: int, wanted: int | None, n: int, sampled: bool, text: str | None = None
+    ) -> None:
         m.max_prompt_tokens = max(m.max_prompt_tokens, tokens)
         if isinstance(wanted, int):
             m.max_needed_tokens = max(m.max_needed_tokens, tokens + wanted)
@@ -130,12 +173,15 @@ def measure_requests(
             m.sampled_prompt_tokens += tokens
             m.sampled_output_tokens += wanted or 0
             m.sampled_unbounded += wanted is None
+            m.sampled_completions += n
+            if text:
+                sample.append((text, tokens))
 
     def count_batch() -> None:
         assert count is not None
         counts = count([row[0] for row in batch])
-        for n, (_, overhead, wanted, sampled) in zip(counts, batch, strict=True):
-            add(n + overhead, wanted, sampled)
+        for tokens, (text, overhead, wanted, n, sampled) in zip(counts, batch, strict=True):
+            add(tokens + overhead, wanted, n, sampled, text)
         batch.clear()
 
     for request in requests:
@@ -151,8 +197,10 @@ def measure_requests(
         elif not isinstance(wanted, int):
             wanted = None
         sampled = m.rows <= SAMPLE_ROWS
+        n = body.get("n")
+        n = n if isinstance(n, int) and n > 1 else 1
         if isinstance(text, list):
-            add(len(text) + overhead, wanted, sampled)
+            add(len(text) + overhead, wanted, n, sampled)
             continue
         bound = len(text.encode("utf-8")) + overhead + 2
         if fits is not None and wanted is not None and bound + wanted <= fits:
@@ -167,11 +215,17 @@ def measure_requests(
                 m.unbounded_rows += 1
             continue
         if count is None:
-            add(bound, wanted, sampled)
+            add(bound, wanted, n, sampled, text)
             continue
-        batch.append((text, overhead, wanted, sampled))
+        batch.append((text, overhead, wanted, n, sampled))
         if len(batch) >= TOKENIZE_BATCH:
             count_batch()
     if batch:
         count_batch()
+    if sample:
+        shared = shared_prefixes([text for text, _ in sample])
+        m.sampled_shared_tokens = sum(
+            tokens * chars // len(text)
+            for (text, tokens), chars in zip(sample, shared, strict=True)
+        )
     return m
