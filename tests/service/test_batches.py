@@ -130,13 +130,36 @@ def test_bad_requests_are_refused_at_create(start_api: StartApi, tmp_path: Path)
                               completion_window="24h")  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="completion_window"):
         client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="soon")  # type: ignore[arg-type]
-    with pytest.raises(openai.BadRequestError, match="priority"):
-        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h",
-                              metadata={"priority": "lots"})  # fmt: skip
     with pytest.raises(openai.NotFoundError):
         client.batches.create(input_file_id="file-000000000000000000000000", endpoint=CHAT,
                               completion_window="24h")  # fmt: skip
     assert list(client.batches.list()) == []
+
+
+def test_metadata_is_free_text_and_vbatch_priority_is_read_or_said_ignored(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    client = start_api().client()
+    file_id = upload(client, write_lines(tmp_path / "in.jsonl", batch_lines(1)))
+    made = {}
+    for name, metadata in [("free", {"priority": "high", "note": "x" * 512}),
+                           ("weighted", {"vbatch_priority": "2.5"}),
+                           ("ignored", {"vbatch_priority": "lots"})]:  # fmt: skip
+        made[name] = client.batches.create(input_file_id=file_id, endpoint=CHAT,
+                                           completion_window="24h", metadata=metadata)  # fmt: skip
+    assert made["free"].metadata == {"priority": "high", "note": "x" * 512}
+    facts = {name: (b.model_extra or {})["vbatch"] for name, b in made.items()}
+    assert facts["free"] == {"share_weight": 1.0, "notes": []}
+    assert facts["weighted"] == {"share_weight": 2.5, "notes": []}
+    assert facts["ignored"]["share_weight"] == 1.0
+    assert "['vbatch_priority'] 'lots' is not a number" in facts["ignored"]["notes"][0]
+    # Kept with the batch: the same after it ends, read back from the database.
+    done = wait_done(client, made["ignored"].id)
+    assert done.status == "completed" and (done.model_extra or {})["vbatch"] == facts["ignored"]
+    # OpenAI's own limits still hold: 16 keys, keys of 64 characters, values of 512.
+    with pytest.raises(openai.BadRequestError, match="metadata"):
+        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h",
+                              metadata={"note": "x" * 513})  # fmt: skip
 
 
 def test_cancel_stops_sending_and_keeps_what_finished(
@@ -220,3 +243,27 @@ def test_without_keys_only_loopback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "loopback" in done.stderr and "VBATCH_API_KEYS" in done.stderr
+
+
+def test_unknown_routes_and_methods_answer_in_openais_envelope(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    client = start_api().client()
+    file_id = upload(client, write_lines(tmp_path / "in.jsonl", batch_lines(1)))
+    batch = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    # An id holding a slash (sent as is, or escaped) matches no route: 404 in the envelope, so
+    # the client's error has OpenAI's type and code rather than {'detail': 'Not Found'}.
+    for bad in ("batch_a/b", "batch_a%2Fb", "batch_x/../../files"):
+        with pytest.raises(openai.NotFoundError) as found:
+            client.batches.retrieve(bad)
+        assert found.value.type == "invalid_request_error", found.value.body
+        assert isinstance(found.value.body, dict) and "detail" not in found.value.body
+    with pytest.raises(openai.NotFoundError) as found:
+        client.get("/no/such/route", cast_to=object)
+    assert found.value.code == "unknown_url"
+    assert "GET /v1/no/such/route" in str(found.value.body["message"])  # type: ignore[index]
+    # A method the route lacks: 405, in the envelope too.
+    with pytest.raises(openai.APIStatusError) as wrong:
+        client.delete(f"/batches/{batch.id}", cast_to=object)
+    assert wrong.value.status_code == 405 and wrong.value.type == "invalid_request_error"
+    assert "DELETE" in str(wrong.value.body["message"])  # type: ignore[index]

@@ -1,5 +1,5 @@
 """Batches share the service's one window in turn: a small batch submitted behind a big one
-finishes first, and metadata["priority"] weights the share."""
+finishes first, and metadata["vbatch_priority"] weights the share."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_priority_weights_the_share(
                                              batch_lines(120, name)))  # fmt: skip
         ids[name] = client.batches.create(input_file_id=file_id, endpoint=CHAT,
                                           completion_window="24h",
-                                          metadata={"priority": priority}).id  # fmt: skip
+                                          metadata={"vbatch_priority": priority}).id  # fmt: skip
     assert wait_done(client, ids["high"]).status == "completed"
     low = client.batches.retrieve(ids["low"])
     assert low.request_counts is not None

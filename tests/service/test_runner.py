@@ -42,7 +42,9 @@ def _batch(store: Store, file_id: str, status: str, now: float, window_s: int) -
     doc = new_batch(new_id("batch"), file_id, "/v1/chat/completions", "24h", None, int(now),
                     int(now) + window_s)  # fmt: skip
     doc["status"] = status
-    store.add_batch("o", doc)
+    row = store.file("o", file_id)
+    assert row is not None
+    store.add_batch("o", doc, row.location)
     return str(doc["id"])
 
 
@@ -151,11 +153,12 @@ def _add_input(store: Store, files: FileStore, rows: int) -> str:
 
 
 def _delete_input(store: Store, files: FileStore, file_id: str) -> None:
-    """As DELETE /v1/files/{id} does."""
+    """As DELETE /v1/files/{id} does: the bytes stay while a batch reads them."""
     row = store.file("o", file_id)
     assert row is not None
     store.delete_file("o", file_id)
-    files.remove(row.location)
+    if not store.location_used(row.location):
+        files.remove(row.location)
 
 
 def _error_lines(store: Store, files: FileStore, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,7 +209,12 @@ async def test_a_batch_validated_before_the_ids_were_kept_reads_them_from_its_in
     old = _batch(store, old_input, "in_progress", past, 3600)  # before: none kept
     gone = _batch(store, gone_input, "in_progress", past, 3600)  # before, and input deleted
     _delete_input(store, files, kept_input)
+    # A database from before the service kept running batches' inputs, the input deleted then.
+    gone_row = store.file("o", gone_input)
+    assert gone_row is not None
+    store.drop_batch_input(gone)
     _delete_input(store, files, gone_input)
+    assert not Path(files.path(gone_row.location)).exists()
     async with vbatch.connect(server.base_url, concurrency=1) as dispatcher:
         runner = BatchRunner(store, files, dispatcher, max_lines=100, clock=clock)
         runner.resume()

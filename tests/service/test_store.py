@@ -41,7 +41,7 @@ def test_wal_and_owners_apart(tmp_path: Path) -> None:
     store.delete_file("bob", row.id)  # not bob's: still there
     assert store.file("alice", row.id) == row
     doc = new_batch(new_id("batch"), row.id, "/v1/completions", "24h", None, 1, 2)
-    store.add_batch("alice", doc)
+    store.add_batch("alice", doc, row.location)
     assert store.batch("alice", doc["id"]) == doc and store.batch("bob", doc["id"]) is None
     assert store.batches_in(("validating",)) == [("alice", doc)]
 

@@ -30,6 +30,7 @@ class JsonlSink:
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._buf: list[bytes] = []
         self._size = 0
+        self.lines_out = 0  # lines handed to the kernel: what a killed process leaves whole
         self._flush_bytes = flush_bytes
         self._flush_interval = flush_interval_s
         self._fsync_interval = fsync_interval_s
@@ -48,11 +49,13 @@ class JsonlSink:
         now = self._clock()
         if self._buf:
             data = memoryview(b"".join(self._buf))
+            lines = len(self._buf)
             self._buf.clear()
             self._size = 0
             while data:
                 written = os.write(self._fd, data)
                 data = data[written:]
+            self.lines_out += lines
         self._last_flush = now
         if fsync or now - self._last_fsync >= self._fsync_interval:
             os.fsync(self._fd)

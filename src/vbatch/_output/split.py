@@ -77,6 +77,10 @@ class SplitResultWriter:
         self._ok.flush()
         self._failed.flush()
 
+    def lines_out(self) -> tuple[int, int]:
+        """(output, error) lines written to the files since ``open``: rows a crash keeps."""
+        return self._ok.lines_out, self._failed.lines_out
+
     def close(self) -> None:
         try:
             self._failed.close()

@@ -134,6 +134,11 @@ class JsonlResultWriter:
         if self._sink is not None:
             self._sink.flush()
 
+    @property
+    def lines_out(self) -> int:
+        """Lines written to the file since ``open`` (not those still buffered)."""
+        return self._sink.lines_out if self._sink is not None else 0
+
     def close(self) -> None:
         try:
             if self._sink is not None:

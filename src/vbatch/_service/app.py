@@ -12,10 +12,11 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from .._client.dispatcher import Dispatcher
 from .auth import Keys
-from .batchjob import priority_weight
+from .batchjob import share_weight
 from .filestore import FileStore
 from .ids import is_id, new_id
 from .objects import TERMINAL, error_body, file_object, new_batch, page
@@ -95,6 +96,20 @@ def create_app(service: Service) -> FastAPI:
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(exc.body, status_code=exc.status)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Routing's own answers (no such route, a method the route lacks) in OpenAI's envelope,
+        # not FastAPI's {"detail": ...}: the openai client's message reads the envelope.
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            message, code = f"Invalid URL ({where})", "unknown_url"
+        elif exc.status_code == 405:
+            message, code = f"Method {request.method} is not allowed here ({where})", None
+        else:
+            message, code = str(exc.detail), None
+        body = error_body(message, "invalid_request_error", None, code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -164,8 +179,13 @@ def create_app(service: Service) -> FastAPI:
     @app.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str, who: Owner) -> dict[str, Any]:
         row = own_file(who, file_id)
-        store.delete_file(who, file_id)
-        files.remove(row.location)
+        # The file object goes at once; its bytes stay while an unfinished batch reads them
+        # (its end removes them), so a batch's outcome never depends on a delete.
+        with store.transaction():
+            store.delete_file(who, file_id)
+            used = store.location_used(row.location)
+        if not used:
+            files.remove(row.location)
         return {"id": file_id, "object": "file", "deleted": True}
 
     # -- batches ---------------------------------------------------------------------------------
@@ -185,7 +205,10 @@ def create_app(service: Service) -> FastAPI:
         now = int(runner.clock())
         doc = new_batch(new_id("batch"), source.id, body.endpoint, body.completion_window,
                         body.metadata, now, now + window)  # fmt: skip
-        runner.submit(who, doc, output_ttl)
+        # vbatch's own facts beside OpenAI's fields (the openai client keeps unknown fields).
+        weight, ignored = share_weight(body.metadata)
+        doc["vbatch"] = {"share_weight": weight, "notes": [ignored] if ignored else []}
+        runner.submit(who, doc, source.location, output_ttl)
         return runner.batch(who, doc["id"]) or doc
 
     @app.get("/v1/batches")
@@ -267,7 +290,3 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
     if len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
         raise APIError(400, "metadata takes at most 16 keys of 64 characters, values of 512",
                        param="metadata")  # fmt: skip
-    try:
-        priority_weight(metadata)
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="metadata") from None

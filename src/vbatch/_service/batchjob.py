@@ -20,21 +20,26 @@ from .._tasks import CancelledOn
 from .filestore import FileStore
 from .validation import ENDPOINTS
 
-__all__ = ["batch_writer", "priority_weight", "run_rows"]
+__all__ = ["PRIORITY_KEY", "batch_writer", "run_rows", "share_weight"]
+
+# The metadata key that weights a batch's share of the window. Metadata is the user's free text
+# in OpenAI's API (``{"priority": "high"}`` is fine there), so vbatch reads a key of its own.
+PRIORITY_KEY = "vbatch_priority"
 
 
-def priority_weight(metadata: dict[str, Any] | None) -> float:
-    """A batch's share of the window: ``metadata["priority"]`` (a number, 0.1-100), else 1."""
-    value = (metadata or {}).get("priority")
+def share_weight(metadata: dict[str, Any] | None) -> tuple[float, str | None]:
+    """A batch's share of the window: ``metadata["vbatch_priority"]`` (a number, 0.1-100),
+    else 1; and why the key was ignored, when it was (the batch still runs, at weight 1)."""
+    value = (metadata or {}).get(PRIORITY_KEY)
     if value is None:
-        return 1.0
+        return 1.0, None
     try:
         weight = float(value)
     except ValueError:
         weight = 0.0
     if not 0.1 <= weight <= 100:
-        raise ValueError(f"metadata['priority'] must be a number from 0.1 to 100; got {value!r}")
-    return weight
+        return 1.0, f"metadata[{PRIORITY_KEY!r}] {value!r} is not a number from 0.1 to 100: ignored"
+    return weight, None
 
 
 def batch_writer(files: FileStore, batch_id: str, state: JobStateStore) -> SplitResultWriter:
@@ -58,7 +63,7 @@ async def run_rows(
     fleet gave up, the server refused the rows) is raised."""
     job = Job(input=input_path, input_format="jsonl", endpoint=ENDPOINTS[doc["endpoint"]],
               on_overflow=on_overflow)  # fmt: skip
-    weight = priority_weight(doc["metadata"])
+    weight, _ = share_weight(doc["metadata"])
     async with CancelledOn(stop), iter_results(job, dispatcher, Stats(), ready, writer=writer,
                             weight=weight) as results:  # fmt: skip
         async for _ in results:

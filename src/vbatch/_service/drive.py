@@ -40,13 +40,17 @@ class ActiveBatch:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stats: Stats | None = None
     previous: OutputState | None = None
+    writer: SplitResultWriter | None = None
     task: asyncio.Task[None] | None = None
 
     def live_counts(self) -> dict[str, int]:
+        """The counts a client sees: rows in the files (written to the kernel, so a crash keeps
+        them), never results still buffered, so that a restart never takes a count back."""
         counts = dict(self.doc["request_counts"])
-        if self.stats is not None and self.previous is not None:
-            counts["completed"] = self.previous.ok + self.stats.ok
-            counts["failed"] = self.previous.failed + self.stats.failed
+        if self.writer is not None and self.previous is not None:
+            ok, failed = self.writer.lines_out()
+            counts["completed"] = self.previous.ok + ok
+            counts["failed"] = self.previous.failed + failed
         return counts
 
 
@@ -108,10 +112,13 @@ class BatchDriver:
             await self._finish(active, "failed", [batch_error("batch_failed", str(exc))])
 
     def _input_path(self, active: ActiveBatch) -> str:
-        row = self.store.file(active.owner, active.doc["input_file_id"])
-        if row is None:
-            raise VbatchError("the batch's input file was deleted")
-        return self.files.path(row.location)
+        location = self.store.batch_input(active.doc["id"])
+        if location is None:
+            # Only a batch from before vbatch kept running batches' inputs (migration m006)
+            # whose input file was deleted then.
+            raise VbatchError("the batch's input file was deleted (before this version of "
+                              "vbatch, which keeps a running batch's input)")  # fmt: skip
+        return self.files.path(location)
 
     async def _served(self) -> list[str] | None:
         """The models the dispatcher's server serves (None until one answers)."""
@@ -142,12 +149,27 @@ class BatchDriver:
         batch_id = active.doc["id"]
         return batch_writer(self.files, batch_id, DbStateStore(self.store, batch_id))
 
+    def durable_counts(self, active: ActiveBatch) -> dict[str, int]:
+        """The batch's counts from its files: at a restart, what the last run left whole (the
+        counts saved now and then may be older than what clients saw before the crash)."""
+        batch_id = active.doc["id"]
+        paths = [self.files.path(self.files.output_location(batch_id, kind))
+                 for kind in ("output", "errors")]  # fmt: skip
+        counts = tally(*paths)
+        return {**active.doc["request_counts"], "completed": counts.completed,
+                "failed": counts.failed}  # fmt: skip
+
     async def _run(self, active: ActiveBatch) -> None:
         def ready(stats: Stats, previous: OutputState) -> None:
-            active.stats, active.previous = stats, previous
+            active.stats, active.previous, active.writer = stats, previous, writer
 
-        await run_rows(active.doc, self._input_path(active), self.dispatcher,
-                       self._writer(active), ready, active.stop, self.on_overflow)  # fmt: skip
+        writer = self._writer(active)
+        try:
+            await run_rows(active.doc, self._input_path(active), self.dispatcher, writer, ready,
+                           active.stop, self.on_overflow)  # fmt: skip
+        finally:
+            active.doc["request_counts"] = active.live_counts()  # the files', now all written
+            active.writer = None
 
     async def _write_expired(self, active: ActiveBatch) -> None:
         """``batch_expired`` lines for the rows never sent, by the custom_ids kept at
@@ -175,8 +197,12 @@ class BatchDriver:
         total = doc["request_counts"]["total"]
         doc["request_counts"] = {"total": total, "completed": counts.completed,
                                  "failed": counts.failed}  # fmt: skip
+        location = self.store.batch_input(batch_id)
         with self.store.transaction():
             fields.update(register_outputs(self.store, self.files, active.owner, batch_id,
                                            int(self.clock())))  # fmt: skip
             self.store.drop_custom_ids(batch_id)  # an ended batch needs them no more
+            self.store.drop_batch_input(batch_id)
             self.set(active, status, **fields)
+        if location is not None and not self.store.location_used(location):
+            self.files.remove(location)  # its file was deleted while the batch ran

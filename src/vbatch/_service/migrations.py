@@ -108,3 +108,21 @@ def m005_batch_custom_ids(db: sqlite3.Connection) -> None:
             batch_id TEXT PRIMARY KEY,
             custom_ids TEXT NOT NULL
         )""")
+
+
+@migration
+def m006_batch_inputs(db: sqlite3.Connection) -> None:
+    # Where each unfinished batch's input bytes are: deleting the input file (allowed, as in
+    # OpenAI's API) removes the file object, and its bytes stay until every batch reading them
+    # has ended, a restart included. Filled for the batches already running.
+    db.execute("""
+        CREATE TABLE batch_inputs (
+            batch_id TEXT PRIMARY KEY,
+            location TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX batch_inputs_location ON batch_inputs (location)")
+    db.execute("""
+        INSERT INTO batch_inputs
+        SELECT batches.id, files.location FROM batches JOIN files
+        ON files.id = json_extract(batches.doc, '$.input_file_id')
+        WHERE batches.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')""")

@@ -62,15 +62,24 @@ class BatchRunner:
         unfinished = ("validating", "in_progress", "finalizing", "cancelling")
         for owner, doc in self.store.batches_in(unfinished):
             log.info("resuming %s (%s)", doc["id"], doc["status"])
-            self._start(ActiveBatch(owner, doc))
+            active = ActiveBatch(owner, doc)
+            if doc["status"] != "validating":
+                doc["request_counts"] = self.driver.durable_counts(active)
+            self._start(active)
         self._ticker = asyncio.create_task(self._tick())
 
     async def aclose(self) -> None:
         """Stop every batch where it is (its files closed whole); they resume at next start."""
         await cancel_and_wait(self._ticker, *(a.task for a in self.active.values()))
 
-    def submit(self, owner: str, doc: dict[str, Any], output_ttl_s: int | None = None) -> None:
-        self.store.add_batch(owner, doc, output_ttl_s)
+    def submit(
+        self,
+        owner: str,
+        doc: dict[str, Any],
+        input_location: str,
+        output_ttl_s: int | None = None,
+    ) -> None:
+        self.store.add_batch(owner, doc, input_location, output_ttl_s)
         self._start(ActiveBatch(owner, doc))
 
     def cancel(self, owner: str, batch_id: str) -> dict[str, Any] | None:
@@ -139,4 +148,5 @@ class BatchRunner:
     def _drop_expired_files(self) -> None:
         for row in self.store.expired_files(int(self.clock())):
             self.store.delete_file(row.owner, row.id)
-            self.files.remove(row.location)
+            if not self.store.location_used(row.location):  # else a batch still reads it
+                self.files.remove(row.location)

@@ -1,6 +1,6 @@
 """The service's metadata in SQLite (WAL): files, batches, each batch's job state and, while it
-runs, its custom_ids. File bytes live on disk beside the database (``FileStore``); a batch is
-its Batch object as JSON.
+runs, its custom_ids and where its input's bytes are. File bytes live on disk beside the
+database (``FileStore``); a batch is its Batch object as JSON.
 
 Every read and write of a file or batch names its owner, so one key's requests can never see
 another's objects (a lookup by another owner finds nothing: 404)."""
@@ -104,11 +104,19 @@ class Store:
 
     # -- batches -------------------------------------------------------------------------------
 
-    def add_batch(self, owner: str, doc: dict[str, Any], output_ttl_s: int | None = None) -> None:
-        self.db.execute(
-            "INSERT INTO batches (id, owner, status, doc, output_ttl_s) VALUES (?, ?, ?, ?, ?)",
-            (doc["id"], owner, doc["status"], orjson.dumps(doc).decode(), output_ttl_s),
-        )
+    def add_batch(
+        self,
+        owner: str,
+        doc: dict[str, Any],
+        input_location: str,
+        output_ttl_s: int | None = None,
+    ) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO batches (id, owner, status, doc, output_ttl_s) VALUES (?, ?, ?, ?, ?)",
+                (doc["id"], owner, doc["status"], orjson.dumps(doc).decode(), output_ttl_s),
+            )
+            self.db.execute("INSERT INTO batch_inputs VALUES (?, ?)", (doc["id"], input_location))
 
     def output_ttl(self, batch_id: str) -> int | None:
         found = self.db.execute(
@@ -167,3 +175,26 @@ class Store:
 
     def drop_custom_ids(self, batch_id: str) -> None:
         self.db.execute("DELETE FROM batch_custom_ids WHERE batch_id = ?", (batch_id,))
+
+    # -- a batch's input bytes, from its creation to its end -------------------------------------
+
+    def batch_input(self, batch_id: str) -> str | None:
+        """Where the input of an unfinished batch is (None once it ended)."""
+        found = self.db.execute(
+            "SELECT location FROM batch_inputs WHERE batch_id = ?", (batch_id,)
+        ).fetchone()
+        return found[0] if found else None
+
+    def drop_batch_input(self, batch_id: str) -> None:
+        self.db.execute("DELETE FROM batch_inputs WHERE batch_id = ?", (batch_id,))
+
+    def location_used(self, location: str) -> bool:
+        """Whether a file object or an unfinished batch still needs the bytes at ``location``."""
+        return (
+            self.db.execute(
+                "SELECT 1 FROM files WHERE location = ? UNION ALL "
+                "SELECT 1 FROM batch_inputs WHERE location = ? LIMIT 1",
+                (location, location),
+            ).fetchone()
+            is not None
+        )
