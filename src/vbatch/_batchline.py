@@ -51,6 +51,9 @@ INPUT_KEYS = frozenset(("custom_id", "body"))
 
 def parse_input_line(data: dict[str, Any]) -> BatchInput:
     """The line's parts; ``ValueError`` with what is wrong (the caller names the line)."""
+    missing = [key for key in ("custom_id", "body") if key not in data]
+    if missing:
+        raise ValueError(f"missing {' and '.join(map(repr, missing))}")
     custom_id = data["custom_id"]
     if not isinstance(custom_id, str) or not custom_id:
         raise ValueError("'custom_id' must be a non-empty string")

@@ -3,6 +3,7 @@ batch, separate output and error files, validation that names lines, cancel, exp
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -81,7 +82,7 @@ def test_output_expires_after_sets_the_output_files_expiry(
     assert output.expires_at == output.created_at + 7200
 
 
-def test_validation_names_every_bad_line(start_api: StartApi, tmp_path: Path) -> None:
+def test_validation_names_every_bad_line_up_to_a_cap(start_api: StartApi, tmp_path: Path) -> None:
     client = start_api().client()
     lines = batch_lines(8)
     del lines[1]["body"]["messages"]  # line 2
@@ -102,19 +103,37 @@ def test_validation_names_every_bad_line(start_api: StartApi, tmp_path: Path) ->
     assert "gpt-nothing" in (by_line[6].message or "")
     assert "GET" in (by_line[7].message or "")
     assert batch.output_file_id is None and batch.error_file_id is None
+    # Past 100 bad lines, the rest are counted.
+    path = tmp_path / "worse.jsonl"
+    path.write_text("{bad\n" * 130)
+    batch = client.batches.create(input_file_id=upload(client, path), endpoint=CHAT,
+                                  completion_window="24h")  # fmt: skip
+    batch = wait_done(client, batch.id)
+    assert batch.errors is not None and batch.errors.data is not None
+    assert [e.line for e in batch.errors.data[:100]] == list(range(1, 101))
+    assert "and 30 more bad lines" in (batch.errors.data[100].message or "")
 
 
-def test_a_line_that_is_not_json_and_limits(start_api: StartApi, tmp_path: Path) -> None:
+def test_lines_that_are_not_json_do_not_hide_the_rest_and_limits(
+    start_api: StartApi, tmp_path: Path
+) -> None:
     client = start_api("--max-lines", "5").client()
-    path = write_lines(tmp_path / "in.jsonl", batch_lines(2))
-    path.write_text(path.read_text() + "{not json\n")
+    lines = [json.dumps(line) for line in batch_lines(5)]
+    lines[0] = "{not json"  # line 1
+    lines[2] = lines[2].replace('"custom_id"', '"id"')  # line 3: no custom_id
+    lines[3] = "[1, 2]"  # line 4: JSON, not an object
+    lines[4] = lines[4].replace('"body"', '"payload"')  # line 5: no body
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
     batch = client.batches.create(input_file_id=upload(client, path), endpoint=CHAT,
                                   completion_window="24h")  # fmt: skip
     batch = wait_done(client, batch.id)
     assert batch.status == "failed" and batch.errors and batch.errors.data
-    assert [(e.line, "malformed JSON" in (e.message or "")) for e in batch.errors.data] == [
-        (3, True)
-    ]
+    said = {e.line: e.message or "" for e in batch.errors.data}
+    assert sorted(said) == [1, 3, 4, 5]  # every bad line in one answer
+    assert "malformed JSON" in said[1] and "JSON object" in said[4]
+    assert said[3] == "missing 'custom_id'" and said[5] == "missing 'body'"
+    assert not any("--" in message for message in said.values())  # the API's terms, no flags
     many = upload(client, write_lines(tmp_path / "many.jsonl", batch_lines(6)))
     batch = wait_done(client, client.batches.create(input_file_id=many, endpoint=CHAT,
                                                     completion_window="24h").id)  # fmt: skip

@@ -63,4 +63,5 @@ def test_an_embeddings_batch_rejects_other_lines_naming_them(
     found = {(e.line, e.code) for e in batch.errors.data}
     assert found == {(2, "invalid_request"), (3, "invalid_request")}
     messages = " ".join(e.message or "" for e in batch.errors.data)
-    assert "this job's endpoint is embeddings" in messages and "'input' must be" in messages
+    assert "the batch's endpoint is /v1/embeddings" in messages
+    assert "'body.input' must be" in messages

@@ -29,8 +29,12 @@ class RowChecks:
         require_model: bool = True,
         model_hint: str = "",
         served: Collection[str] | None = None,
+        api_terms: bool = False,
     ) -> None:
+        """``api_terms``: messages for the Batch API's users (the line's ``body``, no CLI
+        flags)."""
         self.path = path
+        self.api_terms = api_terms
         self.require_model = require_model
         self.model_hint = model_hint
         self.served = served
@@ -52,27 +56,30 @@ class RowChecks:
             raise self.error(row, f"{field!r} must be a string or an integer, got {value!r}")
         return value
 
-    def payload(self, row: RawRow, key: str, value: Any) -> None:
-        """``value``, the row's ``key`` ("input", "prompt" or "messages"), is one vLLM takes."""
+    def payload(self, row: RawRow, key: str, value: Any, where: str = "") -> None:
+        """``value``, the row's ``key`` ("input", "prompt" or "messages"), is one vLLM takes;
+        ``where`` is what holds it, for the messages ("body." in a Batch line)."""
+        name = f"'{where}{key}'"
         if key == "input":
             if not _embeddable(value):
                 raise self.error(
-                    row, "'input' must be a non-empty string, a list of them, or token ids "
+                    row, f"{name} must be a non-empty string, a list of them, or token ids "
                          "(a list of ints, or a list of such lists)")  # fmt: skip
             return
         if key == "prompt":
             if isinstance(value, str):
                 if not value:
-                    raise self.error(row, "'prompt' is empty")
+                    raise self.error(row, f"{name} is empty")
                 return
             if isinstance(value, list) and value and all(type(t) is int for t in value):
                 return  # token ids
-            raise self.error(row, "'prompt' must be a non-empty string or a list of token ids")
+            raise self.error(row, f"{name} must be a non-empty string or a list of token ids")
         if not isinstance(value, list) or not value:
-            raise self.error(row, "'messages' must be a non-empty list")
+            raise self.error(row, f"{name} must be a non-empty list")
         for i, message in enumerate(value):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise self.error(row, f"messages[{i}] must be an object with a string 'role'")
+                raise self.error(row, f"'{where}messages[{i}]' must be an object with a string "
+                                      "'role'")  # fmt: skip
 
     def model(self, row: RawRow, body: dict[str, Any]) -> None:
         """The body names a model (unless none is required), and one the server serves when
@@ -88,7 +95,7 @@ class RowChecks:
         if self.served is None:
             self._record(model, row.line)
         elif not _is_served(model, self.served):
-            raise self.error(row, _unserved(model, self.served))
+            raise self.error(row, self._unserved(model, self.served))
 
     def check_served(self, served: Collection[str]) -> None:
         """Raise, for the first row checked so far that names a model not in ``served``, the
@@ -103,7 +110,7 @@ class RowChecks:
             unserved.append((self._odd[1], self._odd[0]))
         if unserved:
             line, model = min(unserved, key=lambda found: found[0])
-            raise InputError(self.path, line, _unserved(model, served))
+            raise InputError(self.path, line, self._unserved(model, served))
 
     def check_named(self) -> None:
         """After a pass that did not require a model: raise the "no model" error for the first
@@ -113,7 +120,15 @@ class RowChecks:
 
     def _no_model(self) -> str:
         hint = f" ({self.model_hint})" if self.model_hint else ""
+        if self.api_terms:
+            return f"no model: give 'body' a 'model'{hint}"
         return f"no model: pass --model or give the row a 'model'{hint}"
+
+    def _unserved(self, model: Any, served: Collection[str]) -> str:
+        where = "'body.model'" if self.api_terms else "model"
+        said = (f"{where} {model!r} is not served here (the server serves "
+                f"{', '.join(map(repr, served))})")  # fmt: skip
+        return said if self.api_terms else f"{said}; --model NAME sends every row to NAME"
 
     def _record(self, model: Any, line: int) -> None:
         if not isinstance(model, str):  # may be unhashable; none is served, so the first will do
@@ -151,11 +166,6 @@ class Setting(Generic[T]):
 def _is_served(model: Any, served: Collection[str]) -> bool:
     # A non-string (a list, say) is never a served name, and a set of names cannot hash it.
     return isinstance(model, str) and model in served
-
-
-def _unserved(model: Any, served: Collection[str]) -> str:
-    return (f"model {model!r} is not served here (the server serves "
-            f"{', '.join(map(repr, served))}); --model NAME sends every row to NAME")  # fmt: skip
 
 
 def _embeddable(value: Any) -> bool:

@@ -86,11 +86,13 @@ class RequestBuilder:
         model_hint: str = "",
         served: Collection[str] | None = None,
         force_model: bool = False,
+        batch_only: bool = False,
     ) -> None:
         """``served``: the models the server serves, when known (a row naming another is an
         error here, not a failed request later; when not, ``check_served`` does it once they
         are). ``force_model``: the defaults' model replaces every row's own, an OpenAI Batch
-        line's body model included."""
+        line's body model included. ``batch_only``: every row is an OpenAI Batch line (the
+        Batch API's input), and messages speak of its parts, not of flags."""
         self.path = path
         self.defaults = defaults
         self.fields = fields or FieldMap()
@@ -99,9 +101,10 @@ class RequestBuilder:
         # Sampling defaults mean nothing to an embedding model: only the model and extra body.
         self._embed_base = {k: v for k, v in self._base.items() if k == "model"}
         self._embed_base.update(defaults.extra_body)
-        self.checks = RowChecks(path, require_model, model_hint, served)
+        self.checks = RowChecks(path, require_model, model_hint, served, api_terms=batch_only)
         self.force_model = force_model and defaults.model is not None
-        self.batch_lines: bool | None = None  # decided by the first row
+        # Decided by the first row, unless every row must be one.
+        self.batch_lines: bool | None = True if batch_only else None
 
     def check_served(self, served: Collection[str]) -> None:
         """The served-model check of the rows built so far without ``served``: raises the
@@ -110,7 +113,7 @@ class RequestBuilder:
 
     def build(self, row: RawRow) -> PreparedRequest:
         data = row.data
-        is_batch = data.keys() >= INPUT_KEYS
+        is_batch = self.checks.api_terms or data.keys() >= INPUT_KEYS
         if self.batch_lines is None:
             self.batch_lines = is_batch
         elif is_batch != self.batch_lines:
@@ -131,10 +134,11 @@ class RequestBuilder:
             raise self._error(row, str(exc)) from None
         wanted = _MODE_ENDPOINTS.get(self.endpoint)
         if wanted is not None and line.endpoint != wanted:
-            raise self._error(row, f"'url' is {row.data.get('url')!r} but this job's endpoint "
-                                   f"is {self.endpoint} (/v1{wanted})")  # fmt: skip
+            endpoint = (f"the batch's endpoint is /v1{wanted}" if self.checks.api_terms
+                        else f"this job's endpoint is {self.endpoint} (/v1{wanted})")  # fmt: skip
+            raise self._error(row, f"'url' is {row.data.get('url')!r} but {endpoint}")
         key = PAYLOAD_KEYS[line.endpoint]
-        self.checks.payload(row, key, line.body[key])
+        self.checks.payload(row, key, line.body[key], where="body.")
         base = self._embed_base if line.endpoint == EMBEDDINGS else self._base
         merged = {**base, **line.body}
         if self.force_model:

@@ -10,7 +10,7 @@ import codecs
 import hashlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,17 +88,24 @@ class Source:
         self.path = path
         self.format = fmt
 
-    def rows(self, pending: np.ndarray | None = None, digest: Digest | None = None,
-             limit: int | None = None) -> Iterator[RawRow]:  # fmt: skip
+    def rows(
+        self,
+        pending: np.ndarray | None = None,
+        digest: Digest | None = None,
+        limit: int | None = None,
+        on_bad_line: Callable[[InputError], None] | None = None,
+    ) -> Iterator[RawRow]:
         """Stream the rows; with ``pending`` (a bool mask by row index) skip the others cheaply.
 
         Skipped JSONL lines are not even parsed, which is what makes resuming a nearly finished
         million-row job start sending within seconds. ``digest`` is fed every byte of a JSONL
         file as it is read (``reads_digest``), so the pass that reads rows also names the
-        input; after ``limit`` rows the rest is only hashed, not parsed.
+        input; after ``limit`` rows the rest is only hashed, not parsed. A JSONL line that is
+        not a JSON object raises ``InputError``, or with ``on_bad_line`` is handed to it and
+        skipped (it is no row), so that a pass can name every bad line.
         """
         if self.format == "jsonl":
-            return self._jsonl(pending, digest, limit)
+            return self._jsonl(pending, digest, limit, on_bad_line)
         if self.format == "csv":
             rows = self._arrow(self._csv_batches(), pending, line_offset=2)
         else:
@@ -111,7 +118,11 @@ class Source:
         return self.format == "jsonl"
 
     def _jsonl(
-        self, pending: np.ndarray | None, digest: Digest | None, limit: int | None
+        self,
+        pending: np.ndarray | None,
+        digest: Digest | None,
+        limit: int | None,
+        on_bad_line: Callable[[InputError], None] | None = None,
     ) -> Iterator[RawRow]:
         index = 0
         yielded = 0
@@ -135,11 +146,17 @@ class Source:
                     continue
                 try:
                     data = orjson.loads(line)
+                    bad = None
                 except orjson.JSONDecodeError as exc:
-                    raise InputError(self.path, line_no, f"malformed JSON: {exc}") from None
-                if not isinstance(data, dict):
+                    bad = InputError(self.path, line_no, f"malformed JSON: {exc}")
+                if bad is None and not isinstance(data, dict):
                     kind = type(data).__name__
-                    raise InputError(self.path, line_no, f"expected a JSON object, got {kind}")
+                    bad = InputError(self.path, line_no, f"expected a JSON object, got {kind}")
+                if bad is not None:
+                    if on_bad_line is None:
+                        raise bad
+                    on_bad_line(bad)
+                    continue
                 yield RawRow(index, line_no, data)
                 index += 1
                 yielded += 1

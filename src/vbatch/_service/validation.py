@@ -14,7 +14,7 @@ from .._config import EndpointMode
 from .._errors import InputError
 from .._input.requests import RequestBuilder
 from .._input.sources import RawRow, open_source
-from .._input.validate import validate_input
+from .._input.validate import BadRows, validate_input
 from .._models import PreparedRequest, RequestDefaults
 from .objects import batch_error
 
@@ -49,7 +49,7 @@ class IdKeepingBuilder(RequestBuilder):
     def __init__(self, path: str, endpoint: str, served: Sequence[str] | None, limit: int):
         hint = f"the service serves {', '.join(served)}" if served else ""
         super().__init__(path, default_model(served), endpoint=ENDPOINTS[endpoint],
-                         served=served, model_hint=hint)  # fmt: skip
+                         served=served, model_hint=hint, batch_only=True)  # fmt: skip
         self.limit = limit
         self.ids: list[str] = []
 
@@ -66,21 +66,20 @@ def validate_batch(
     """Every bad line of the input at ``path`` (one streaming pass; blocking: run it in a
     thread)."""
     builder = IdKeepingBuilder(path, endpoint, served, max_lines)
-    problems: list[InputError] = []
+    problems = BadRows()
     try:
         index = validate_input(open_source(path, "jsonl"), builder, problems)
-    except InputError as exc:  # no rows, or a duplicate custom_id
-        problems.append(exc)
+    except InputError as exc:  # the file itself
+        problems.add(exc)
         index = None
     result = Validation(rows=index.rows if index is not None else 0)
-    if builder.batch_lines is False:
-        result.errors.append(batch_error(
-            "invalid_request", "the input is not OpenAI Batch lines (custom_id, method, url, "
-            "body)", line=1))  # fmt: skip
-        return result
-    for problem in problems:
+    for problem in problems.found:
         code = "duplicate_custom_id" if "duplicate id" in problem.message else "invalid_request"
         result.errors.append(batch_error(code, problem.message, line=problem.line))
+    if problems.more:
+        result.errors.append(batch_error(
+            "invalid_request", f"and {problems.more:,} more bad lines; the first "
+            f"{problems.cap} are named"))  # fmt: skip
     if result.rows > max_lines:
         result.errors.append(batch_error(
             "too_many_requests", f"the input has {result.rows:,} lines; a batch takes at most "
