@@ -5,15 +5,20 @@ Parquet writer tell the two kinds of output apart.
   input:  {"custom_id": str, "method": "POST", "url": "/v1/chat/completions", "body": {...}}
           (url also "/v1/completions" with a "prompt", "/v1/embeddings" with an "input")
   output: {"id": str, "custom_id": str,
-           "response": {"status_code": int, "request_id": str | None, "body": {...}} | None,
+           "response": {"status_code": int, "request_id": str, "body": {...}} | None,
            "error": {"code": str, "message": str} | None}
+
+Output lines come in two styles that differ for a row the server answered with an HTTP error:
+vLLM's run_batch sets ``error`` whenever a row failed (``vbatch run`` writes these), OpenAI's
+Batch API sets it only for a failure with no reply, an HTTP error line carrying ``error: null``
+and the reply with its status and body, line ids ``batch_req_...`` (the service writes these).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ._models import CHAT, COMPLETIONS, EMBEDDINGS, ErrorInfo
 
@@ -22,6 +27,7 @@ __all__ = [
     "INPUT_KEYS",
     "PAYLOAD_KEYS",
     "BatchInput",
+    "LineStyle",
     "is_output_line",
     "output_line",
     "output_line_status",
@@ -44,6 +50,8 @@ class BatchInput:
     endpoint: str  # COMPLETIONS, CHAT or EMBEDDINGS
     body: dict[str, Any]
 
+
+LineStyle = Literal["vllm", "openai"]
 
 # The keys that make a row an input line (a subset test is one C call: it runs for every row).
 INPUT_KEYS = frozenset(("custom_id", "body"))
@@ -79,15 +87,23 @@ def output_line(
     request_id: str | None,
     body: dict[str, Any] | None,
     error: ErrorInfo | None,
+    style: LineStyle = "vllm",
 ) -> dict[str, Any]:
     """An output line. A reply from the server (success or HTTP error) goes under ``response``
-    with its status and body; ``error`` is set whenever the row failed, as vLLM's run_batch does,
-    and is the only account of it when no reply came (connection lost, timeout)."""
+    with its status and body; ``error`` is the account of a failure, set whenever the row
+    failed (``style`` "vllm", as run_batch does) or only when no reply came ("openai": a
+    connection lost, a timeout)."""
     response = None
     if status is not None and body is not None:
+        request_id = request_id or f"req_{os.urandom(12).hex()}"
         response = {"status_code": status, "request_id": request_id, "body": body}
+    if style == "openai":
+        line_id = f"batch_req_{os.urandom(12).hex()}"
+        error = None if response is not None else error
+    else:
+        line_id = f"vbatch-{os.urandom(12).hex()}"
     return {
-        "id": f"vbatch-{os.urandom(12).hex()}",
+        "id": line_id,
         "custom_id": custom_id,
         "response": response,
         "error": None if error is None else {"code": error.code, "message": error.message},

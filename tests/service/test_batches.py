@@ -50,6 +50,12 @@ def test_a_batch_completes_with_outputs_and_errors_apart(
     assert all(o["response"]["status_code"] == 200 and o["error"] is None for o in outputs)
     statuses = {e["custom_id"]: e["response"]["status_code"] for e in errors}
     assert statuses == {"r3": 400, "r7": 404}
+    # OpenAI's shape: an HTTP error's line has error null and the reply (status and body);
+    # line ids batch_req_..., request_id a string.
+    for line in outputs + errors:
+        assert line["id"].startswith("batch_req_") and line["error"] is None
+        assert isinstance(line["response"]["request_id"], str) and line["response"]["request_id"]
+    assert all("error" in e["response"]["body"] for e in errors)
     usage = batch.usage
     assert usage is not None and usage.output_tokens == 18 * 4
     assert usage.input_tokens == sum(o["response"]["body"]["usage"]["prompt_tokens"]
@@ -57,6 +63,22 @@ def test_a_batch_completes_with_outputs_and_errors_apart(
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     output_file = client.files.retrieve(batch.output_file_id)  # type: ignore[arg-type]
     assert output_file.purpose == "batch_output" and output_file.expires_at is None
+
+
+def test_a_row_with_no_reply_has_only_an_error_in_its_line(
+    start_api: StartApi, server_process: ServerProcess, tmp_path: Path
+) -> None:
+    # Every try of r1 loses its connection: no HTTP reply, so the line says why in "error".
+    server_process.control(scripts={"r1": ["drop"] * 10})
+    client = start_api("--max-attempts", "2").client()
+    file_id = upload(client, write_lines(tmp_path / "in.jsonl", batch_lines(3)))
+    batch = wait_done(client, client.batches.create(input_file_id=file_id, endpoint=CHAT,
+                                                    completion_window="24h").id)  # fmt: skip
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 1)
+    (line,) = content_lines(client, batch.error_file_id)
+    assert line["custom_id"] == "r1" and line["response"] is None
+    assert line["error"]["code"] and line["error"]["message"]
 
 
 def test_output_expires_after_sets_the_output_files_expiry(

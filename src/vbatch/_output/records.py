@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from .._batchline import is_output_line, output_line, output_line_status
+from .._batchline import LineStyle, is_output_line, output_line, output_line_status
 from .._models import CHAT, EMBEDDINGS, Result
 
 __all__ = [
@@ -76,10 +76,10 @@ def format_record(result: Result, include_response: bool = False) -> bytes:
     return orjson.dumps(record) + b"\n"
 
 
-def format_batch_line(result: Result) -> bytes:
-    """An OpenAI Batch output line (``_batchline``), as the Batch API and vLLM's run_batch
-    write them."""
-    line = output_line(result.id, result.status, result.request_id, result.body, result.error)
+def format_batch_line(result: Result, style: LineStyle = "vllm") -> bytes:
+    """An OpenAI Batch output line (``_batchline``), in vLLM's run_batch style or OpenAI's."""
+    line = output_line(result.id, result.status, result.request_id, result.body, result.error,
+                       style)  # fmt: skip
     return orjson.dumps(line) + b"\n"
 
 

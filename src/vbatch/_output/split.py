@@ -1,7 +1,8 @@
 """Successes and failures in two files, as the OpenAI Batch API returns them: the output file
 holds the rows that got an HTTP 200 reply, the error file every other row.
 
-``SplitResultWriter`` is two ``JsonlResultWriter``s of OpenAI Batch lines, so each file keeps
+``SplitResultWriter`` is two ``JsonlResultWriter``s of OpenAI Batch lines in OpenAI's style
+(an HTTP error's line has ``error: null`` and the reply: ``_batchline``), so each file keeps
 the crash-safety contract of ``sink.py`` and resume reads both: a row is done when either file
 holds it. The output's lock covers both (one run writes them). The job's state is kept by the
 ``JobStateStore`` given (the Batch API's is its database), else in files beside the output.
@@ -25,8 +26,8 @@ __all__ = ["SplitResultWriter"]
 class SplitResultWriter:
     def __init__(self, output: str, errors: str, state: JobStateStore | None = None) -> None:
         self.name = output
-        self._ok = JsonlResultWriter(output)
-        self._failed = JsonlResultWriter(errors)
+        self._ok = JsonlResultWriter(output, line_style="openai")
+        self._failed = JsonlResultWriter(errors, line_style="openai")
         self._state = state or FileStateStore(output)
 
     def load_state(self) -> StoredJob:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .._batchline import LineStyle
 from .._errors import OutputError, ResumeError
 from .._input.ids import DigestList
 from .._input.validate import InputIndex
@@ -86,10 +87,16 @@ class JsonlResultWriter:
     """vbatch records, or OpenAI Batch output lines for Batch input, appended to one file."""
 
     def __init__(
-        self, path: str, include_response: bool = False, state: JobStateStore | None = None
+        self,
+        path: str,
+        include_response: bool = False,
+        state: JobStateStore | None = None,
+        line_style: LineStyle = "vllm",
     ) -> None:
+        """``line_style``: how OpenAI Batch output lines are written (``_batchline``)."""
         self.name = path
         self.include_response = include_response
+        self.line_style: LineStyle = line_style
         self._state = state or FileStateStore(path)
         self._sink: JsonlSink | None = None
         self._batch_lines = False
@@ -126,7 +133,7 @@ class JsonlResultWriter:
     def write(self, result: Result) -> None:
         assert self._sink is not None, "open() first"
         if self._batch_lines:
-            self._sink.write(format_batch_line(result))
+            self._sink.write(format_batch_line(result, self.line_style))
         else:
             self._sink.write(format_record(result, self.include_response))
 
