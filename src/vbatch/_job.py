@@ -76,6 +76,7 @@ class RunSummary:
     previous: OutputState
     interrupted: bool = False
     servers: dict[str, Any] = field(default_factory=dict)  # the window's and the fleet's side
+    sent_to: str | None = None  # an output URL it was sent to (without its query)
 
     @property
     def failed_total(self) -> int:
@@ -92,6 +93,7 @@ class RunSummary:
             **self.stats.summary(),
             **self.servers,
             "output": self.output,
+            "sent_to": self.sent_to,
             "resumed": self.previous.resumed,
             "previous_ok": self.previous.ok,
             "previous_failed": self.previous.failed,

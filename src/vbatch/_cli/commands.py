@@ -174,7 +174,7 @@ def run_command(
             click.echo(f"vbatch: error: cannot write {metrics_json}: {exc.strerror}", err=True)
     if parquet_path and not summary.interrupted:
         try:
-            rows = write_parquet(output, parquet_path)
+            rows = write_parquet(summary.output or output, parquet_path)  # a URL's local copy
         except (OSError, VbatchError) as exc:
             raise UserError(f"cannot write {parquet_path}: {exc}") from None
         if not quiet:

@@ -48,5 +48,7 @@ def print_summary(summary: RunSummary) -> None:
                      " (re-run with --retry-failed to send them again)")  # fmt: skip
     else:
         lines.append(f"vbatch: results in {summary.output}")
+    if summary.sent_to:
+        lines.append(f"vbatch: and sent to {summary.sent_to}")
     for line in lines:
         click.echo(line, err=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from .._models import Result
 from .._output.writer import OutputState, ResultWriter
 from .._progress import NullProgress, Progress, fleet_summary, show_progress
 from .._tasks import CancelledOn, task_group
+from .remote import localize, shown, upload
 from .session import OnReady, RunResults, open_run
 
 __all__ = ["ResultStream", "iter_results", "run_job"]
@@ -101,7 +103,27 @@ async def run_job(
     Setting ``stop`` (the CLI does on Ctrl-C) cancels the run: results already received are
     written, in-flight ones dropped, servers it started are stopped, and the summary says
     ``interrupted``. Cancelling the task instead propagates as usual, after the same clean-up.
+    An input or output at an ``http(s)://`` URL is fetched first and sent once the job has
+    ended, not when it was interrupted (``remote.py``).
     """
+    job, send_to = await localize(job)
+    summary = await _run_local(job, servers, progress, stop, client=client, on_launch=on_launch)
+    if send_to is not None and not summary.interrupted:
+        assert job.output is not None
+        await upload(job.output, send_to)
+        summary = dataclasses.replace(summary, sent_to=shown(send_to))
+    return summary
+
+
+async def _run_local(
+    job: Job,
+    servers: FleetTarget | Dispatcher,
+    progress: Progress | None,
+    stop: asyncio.Event | None,
+    *,
+    client: ClientOptions | None,
+    on_launch: OnLaunch | None,
+) -> RunSummary:
     progress = progress or NullProgress()
     stats = Stats()
     previous = OutputState()
