@@ -24,6 +24,11 @@ attributes and ``GET /_stats``.
 one ``data`` item per input, ``usage`` with prompt tokens only): each vector is a deterministic
 unit vector of ``EMBEDDING_DIMS`` floats made from its input's text (``embedding_of``).
 
+``POST /v1/score`` and ``/v1/rerank`` answer like vLLM 0.32 serving SmolLM2 as an embedding
+model (``--runner pooling --convert embed``: a score is the cosine of the two texts' vectors),
+``POST /v1/responses`` like it serving SmolLM2 for chat (the reply shape, captured once; the
+e2e tests compare the keys with real vLLM's).
+
 A row is identified, for scripting, by the body's ``request_id`` or ``user`` field when present,
 else by the first whitespace-separated word of its prompt (of the last message for chat). Script
 steps: an int status (200 = answer normally), ``(status, headers)``, ``(status, headers, body)``,
@@ -147,6 +152,11 @@ def overflow_message(prompt_tokens: int, max_tokens: int | None, max_len: int) -
     """The message of ``overflow_error``, or None when the request is accepted."""
     error = overflow_error(prompt_tokens, max_tokens, max_len)
     return error[0] if error is not None else None
+
+
+# A score or rerank request's two sides, by vLLM 0.32's names for them.
+QUERY_KEYS = ("queries", "query", "data_1", "text_1")
+DOCUMENT_KEYS = ("documents", "items", "data_2", "text_2")
 
 
 def validation_message(loc: str, kind: str, msg: str, value: Any) -> str:
@@ -326,6 +336,9 @@ class FakeServer:
         app.router.add_post("/v1/completions", self._generate)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/embeddings", self._generate)
+        app.router.add_post("/v1/score", self._generate)
+        app.router.add_post("/v1/rerank", self._generate)
+        app.router.add_post("/v1/responses", self._generate)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/_stats", self._stats)
@@ -543,9 +556,78 @@ class FakeServer:
                  "model": self.model, "data": data, "usage": usage}  # fmt: skip
         return web.json_response(reply)
 
+    def _score(self, path: str, body: dict[str, Any]) -> web.Response:
+        """vLLM 0.32's /v1/score (ScoreResponse) or /v1/rerank (RerankResponse) reply."""
+        first = next((body[k] for k in ("queries", "query", "data_1", "text_1") if k in body), None)
+        docs = next(
+            (body[k] for k in ("documents", "items", "data_2", "text_2") if k in body), None
+        )
+        if first is None or docs is None:
+            return _error(400, validation_message("body", "missing", "Field required", body),
+                          param="body", type_="Bad Request")  # fmt: skip
+        query = first if isinstance(first, str) else str(first[0])
+        texts = [docs] if isinstance(docs, str) else [str(d) for d in docs]
+        scores = [sum(a * b for a, b in zip(embedding_of(query), embedding_of(t), strict=True))
+                  for t in texts]  # fmt: skip
+        tokens = sum(len(query.split()) + len(t.split()) for t in texts)
+        if path.endswith("/rerank"):
+            ranked = sorted(range(len(texts)), key=lambda i: -scores[i])
+            results = [{"index": i, "document": {"text": texts[i], "multi_modal": None},
+                        "relevance_score": scores[i]} for i in ranked]  # fmt: skip
+            return web.json_response({
+                "id": f"score-{uuid.uuid4().hex[:16]}", "model": self.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "results": results,
+            })  # fmt: skip
+        data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
+                 "prompt_tokens_details": None, "completion_tokens_details": None}  # fmt: skip
+        return web.json_response({
+            "id": f"score-{uuid.uuid4().hex[:16]}", "object": "list", "created": int(time.time()),
+            "model": self.model, "data": data, "usage": usage,
+        })  # fmt: skip
+
+    def _respond(self, body: dict[str, Any]) -> web.Response:
+        """vLLM 0.32's /v1/responses reply (ResponsesResponse), every output at its limit."""
+        value = body.get("input")
+        if isinstance(value, list) and value and isinstance(value[-1], dict):
+            value = value[-1].get("content")
+        prompt = value if isinstance(value, str) else ""
+        wanted = body.get("max_output_tokens") or DEFAULT_MAX_TOKENS
+        tokens = len(prompt.split())
+        if tokens >= self.max_model_len:
+            message = (f"This model's maximum context length is {self.max_model_len} tokens. "
+                       f"However, your prompt contains at least {tokens} input tokens, which "
+                       "exceeds this limit even without any output tokens. Please reduce the "
+                       "length of the input prompt. "
+                       f"(parameter=input_tokens, value={tokens})")  # fmt: skip
+            return _error(400, message, param="input_tokens")
+        out = min(wanted, self.max_model_len - tokens)
+        self.generation_tokens += out
+        text = {"annotations": [], "text": completion_text(prompt), "type": "output_text",
+                "logprobs": None}  # fmt: skip
+        message_item = {"id": f"msg_{uuid.uuid4().hex[:16]}", "content": [text],
+                        "role": "assistant", "status": "completed", "type": "message",
+                        "phase": None}  # fmt: skip
+        usage = {"input_tokens": tokens, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": tokens + out}  # fmt: skip
+        return web.json_response({
+            "id": f"resp_{uuid.uuid4().hex[:16]}", "created_at": int(time.time()),
+            "incomplete_details": {"reason": "max_output_tokens"}, "instructions": None,
+            "metadata": None, "model": self.model, "object": "response",
+            "output": [message_item], "parallel_tool_calls": True,
+            "temperature": body.get("temperature", 1.0), "tool_choice": "none", "tools": [],
+            "top_p": 1.0, "background": False, "max_output_tokens": body.get("max_output_tokens"),
+            "status": "incomplete", "usage": usage, "user": None,
+        })  # fmt: skip
+
     def _answer(self, path: str, body: dict[str, Any]) -> web.Response:
         if path.endswith("/embeddings"):
             return self._embed(body)
+        if path.endswith(("/score", "/rerank")):
+            return self._score(path, body)
+        if path.endswith("/responses"):
+            return self._respond(body)
         rejected = self._reject(path, body)
         if rejected is not None:
             return rejected

@@ -3,7 +3,9 @@ line the request builder reads, the output line the records write, and how resum
 Parquet writer tell the two kinds of output apart.
 
   input:  {"custom_id": str, "method": "POST", "url": "/v1/chat/completions", "body": {...}}
-          (url also "/v1/completions" with a "prompt", "/v1/embeddings" with an "input")
+          (url also "/v1/completions" with a "prompt", "/v1/embeddings" with an "input",
+          "/v1/responses" with an "input", "/v1/score" with "queries" and "documents" (or
+          vLLM's other pairs), "/v1/rerank" with a "query" and "documents": run_batch's urls)
   output: {"id": str, "custom_id": str,
            "response": {"status_code": int, "request_id": str, "body": {...}} | None,
            "error": {"code": str, "message": str} | None}
@@ -20,10 +22,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._models import CHAT, COMPLETIONS, EMBEDDINGS, ErrorInfo
+from ._models import CHAT, COMPLETIONS, EMBEDDINGS, RERANK, RESPONSES, SCORE, ErrorInfo
 
 __all__ = [
     "BATCH_URLS",
+    "BODY_NEEDS",
     "INPUT_KEYS",
     "PAYLOAD_KEYS",
     "BatchInput",
@@ -39,15 +42,27 @@ BATCH_URLS = {
     "/v1/completions": COMPLETIONS,
     "/v1/chat/completions": CHAT,
     "/v1/embeddings": EMBEDDINGS,
+    "/v1/score": SCORE,
+    "/v1/rerank": RERANK,
+    "/v1/responses": RESPONSES,
 }
-# The body key each endpoint cannot do without (vLLM's run_batch validates the body by url).
+# The body key each endpoint cannot do without (vLLM's run_batch validates the body by url),
+# whose value vbatch checks itself; the other endpoints' bodies are the server's to judge.
 PAYLOAD_KEYS = {COMPLETIONS: "prompt", CHAT: "messages", EMBEDDINGS: "input"}
+# The keys a body needs, by endpoint: one of these sets, whole (vLLM 0.32's request models).
+BODY_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    **{endpoint: ((key,),) for endpoint, key in PAYLOAD_KEYS.items()},
+    SCORE: (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"),
+            ("text_1", "text_2")),
+    RERANK: (("query", "documents"),),
+    RESPONSES: (("input",),),
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class BatchInput:
     custom_id: str
-    endpoint: str  # COMPLETIONS, CHAT or EMBEDDINGS
+    endpoint: str  # a value of BATCH_URLS
     body: dict[str, Any]
 
 
@@ -75,9 +90,10 @@ def parse_input_line(data: dict[str, Any]) -> BatchInput:
     body = data["body"]
     if not isinstance(body, dict):
         raise ValueError("'body' must be a JSON object")
-    key = PAYLOAD_KEYS[endpoint]
-    if key not in body:
-        raise ValueError(f"'body' of a {url} request needs {key!r}")
+    needs = BODY_NEEDS[endpoint]
+    if not any(all(key in body for key in keys) for keys in needs):
+        said = " or ".join(" and ".join(map(repr, keys)) for keys in needs)
+        raise ValueError(f"'body' of a {url} request needs {said}")
     return BatchInput(custom_id, endpoint, body)
 
 

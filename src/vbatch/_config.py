@@ -38,7 +38,8 @@ __all__ = [
 
 Order = Literal["completion", "input"]  # write results as they finish, or in input order
 OverflowPolicy = Literal["error", "clamp"]  # a row that overflows the context: record or shorten
-EndpointMode = Literal["auto", "completions", "chat", "embeddings"]
+# The last three take OpenAI Batch lines only (a Batch API batch's endpoint; rows say theirs).
+EndpointMode = Literal["auto", "completions", "chat", "embeddings", "score", "rerank", "responses"]
 InputFormat = Literal["auto", "jsonl", "csv", "parquet"]
 Backend = Literal["cpu", "gpu"]
 

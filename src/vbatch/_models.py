@@ -10,6 +10,11 @@ __all__ = ["ErrorInfo", "PreparedRequest", "RequestDefaults", "Result"]
 COMPLETIONS = "/completions"
 CHAT = "/chat/completions"
 EMBEDDINGS = "/embeddings"  # no output tokens: no max_tokens, overflow clamp or texts
+SCORE = "/score"  # pooling too (a score per pair), OpenAI Batch lines only
+RERANK = "/rerank"  # pooling too (documents ranked against a query), Batch lines only
+RESPONSES = "/responses"  # OpenAI's Responses API (max_output_tokens), Batch lines only
+# Endpoints whose requests generate no tokens: nothing to clamp, no output to size.
+POOLING = frozenset({EMBEDDINGS, SCORE, RERANK})
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,13 @@ class Result:
     @property
     def completion_tokens(self) -> int:
         usage = self.body.get("usage") if self.body and self.error is None else None
-        return int(usage.get("completion_tokens") or 0) if isinstance(usage, dict) else 0
+        if not isinstance(usage, dict):
+            return 0
+        return int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)  # responses
 
     @property
     def prompt_tokens(self) -> int:
         usage = self.body.get("usage") if self.body and self.error is None else None
-        return int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+        if not isinstance(usage, dict):
+            return 0
+        return int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)

@@ -82,7 +82,8 @@ def test_openai_batch_line() -> None:
             {"custom_id": "x", "method": "GET", "url": "/v1/completions", "body": {}},
             "'method' must be",
         ),
-        ({"custom_id": "x", "url": "/v1/rerank", "body": {}}, "'url' must be one of"),
+        ({"custom_id": "x", "url": "/v1/moderations", "body": {}}, "'url' must be one of"),
+        ({"custom_id": "x", "url": "/v1/rerank", "body": {"query": "q"}}, "needs 'query' and"),
         ({"custom_id": "x", "url": "/v1/completions", "body": {}}, "needs 'prompt'"),
     ],
 )

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from .._errors import TransportError
-from .._models import CHAT, EMBEDDINGS, PreparedRequest
+from .._models import CHAT, COMPLETIONS, PreparedRequest
 from .server_info import ServerInfo
 from .transport import Transport
 
@@ -76,7 +76,7 @@ async def room_for_output(
     """The largest max_tokens that fits: from the error message, else asked of the server;
     None when it cannot be told or the prompt alone overflows, and for an embedding (it
     generates nothing, so there is no output to shorten)."""
-    if request.endpoint == EMBEDDINGS:
+    if request.endpoint not in (CHAT, COMPLETIONS):  # nothing to shorten (or not by max_tokens)
         return None
     fit = overflow.fitting_max_tokens()
     if fit is not None:

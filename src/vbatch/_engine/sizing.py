@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._models import CHAT, EMBEDDINGS, PreparedRequest
+from .._models import CHAT, EMBEDDINGS, POOLING, RERANK, RESPONSES, SCORE, PreparedRequest
 
 __all__ = ["InputMeasure", "measure_requests", "shared_prefixes"]
 
@@ -126,10 +126,34 @@ def _longest_input(value: str | list[Any]) -> str | list[int]:
     return longest
 
 
+def _strings(value: Any) -> list[str]:
+    """The texts in a score or response input: a string, a list of them, or content parts."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        text = value.get("text", value.get("content"))
+        return _strings(text) if text is not None else []
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def _longest(value: Any) -> str:
+    return max(_strings(value), key=lambda s: len(s.encode("utf-8")), default="")
+
+
 def _text_of(body: dict[str, Any], endpoint: str) -> tuple[str | list[int], int]:
     """(text to count, fixed overhead tokens) of one request body."""
     if endpoint == EMBEDDINGS:
         return _longest_input(body["input"]), 0
+    if endpoint in (SCORE, RERANK):
+        # Each pair is its own sequence: the longest query with the longest document.
+        query = next((body[k] for k in ("queries", "query", "data_1", "text_1") if k in body), "")
+        docs = next((body[k] for k in ("documents", "items", "data_2", "text_2") if k in body), "")
+        return _longest(query) + "\n" + _longest(docs), CHAT_TOKENS_PER_MESSAGE
+    if endpoint == RESPONSES:
+        texts = _strings(body.get("input")) + _strings(body.get("instructions"))
+        return "\n".join(texts), CHAT_OVERHEAD_TOKENS + CHAT_TOKENS_PER_MESSAGE * len(texts)
     if endpoint != CHAT:
         return body["prompt"], 0
     messages = body["messages"]
@@ -191,9 +215,10 @@ def measure_requests(
         body = request.body
         m.rows += 1
         text, overhead = _text_of(body, request.endpoint)
-        wanted = body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens
-        if request.endpoint == EMBEDDINGS:
-            wanted = 0  # an embedding generates nothing: its need is its input
+        wanted = (body.get("max_tokens") or body.get("max_completion_tokens")
+                  or body.get("max_output_tokens") or default_max_tokens)  # fmt: skip
+        if request.endpoint in POOLING:
+            wanted = 0  # an embedding or a score generates nothing: its need is its input
         elif not isinstance(wanted, int):
             wanted = None
         sampled = m.rows <= SAMPLE_ROWS

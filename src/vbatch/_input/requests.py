@@ -20,7 +20,16 @@ from typing import Any
 from .._batchline import INPUT_KEYS, PAYLOAD_KEYS, parse_input_line
 from .._config import EndpointMode
 from .._errors import InputError
-from .._models import CHAT, COMPLETIONS, EMBEDDINGS, PreparedRequest, RequestDefaults
+from .._models import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    RERANK,
+    RESPONSES,
+    SCORE,
+    PreparedRequest,
+    RequestDefaults,
+)
 from .checks import RowChecks, Setting
 from .sources import RawRow
 
@@ -55,7 +64,10 @@ EMBEDDING_FIELDS = frozenset(
 )  # fmt: skip
 
 # A job's --endpoint, where it names one: an OpenAI Batch line must then name it too.
-_MODE_ENDPOINTS = {"completions": COMPLETIONS, "chat": CHAT, "embeddings": EMBEDDINGS}
+_MODE_ENDPOINTS = {"completions": COMPLETIONS, "chat": CHAT, "embeddings": EMBEDDINGS,
+                   "score": SCORE, "rerank": RERANK, "responses": RESPONSES}  # fmt: skip
+# Endpoints whose rows must be OpenAI Batch lines (no prompt/messages row builds their body).
+_BATCH_ONLY = frozenset({"score", "rerank", "responses"})
 
 
 @dataclass(frozen=True)
@@ -137,9 +149,14 @@ class RequestBuilder:
             endpoint = (f"the batch's endpoint is /v1{wanted}" if self.checks.api_terms
                         else f"this job's endpoint is {self.endpoint} (/v1{wanted})")  # fmt: skip
             raise self._error(row, f"'url' is {row.data.get('url')!r} but {endpoint}")
-        key = PAYLOAD_KEYS[line.endpoint]
-        self.checks.payload(row, key, line.body[key], where="body.")
-        base = self._embed_base if line.endpoint == EMBEDDINGS else self._base
+        key = PAYLOAD_KEYS.get(line.endpoint)
+        if key is not None:
+            self.checks.payload(row, key, line.body[key], where="body.")
+        # Sampling defaults are the completions APIs' fields: the other endpoints get the model
+        # and the extra body, and a response the max_tokens default as its max_output_tokens.
+        base = self._base if line.endpoint in (CHAT, COMPLETIONS) else dict(self._embed_base)
+        if line.endpoint == RESPONSES and self.defaults.max_tokens is not None:
+            base["max_output_tokens"] = self.defaults.max_tokens
         merged = {**base, **line.body}
         if self.force_model:
             merged["model"] = self.defaults.model
@@ -147,6 +164,9 @@ class RequestBuilder:
         return PreparedRequest(row.index, line.custom_id, line.endpoint, merged)
 
     def _from_row(self, row: RawRow) -> PreparedRequest:
+        if self.endpoint in _BATCH_ONLY:
+            raise self._error(row, f"rows for /v1/{self.endpoint} must be OpenAI Batch lines "
+                                   "(custom_id, method, url, body)")  # fmt: skip
         data, f = row.data, self.fields
         row_id = self.checks.row_id(row, f.id_field or "id")
         embed = self.endpoint == "embeddings"

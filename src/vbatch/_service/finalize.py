@@ -85,8 +85,11 @@ def tally(output_path: str, errors_path: str) -> Tally:
         result.completed += 1
         body = (record.data.get("response") or {}).get("body") or {}
         usage = body.get("usage") or {}
-        result.input_tokens += int(usage.get("prompt_tokens") or 0)
-        result.output_tokens += int(usage.get("completion_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or {}
+        # Chat, completions, embeddings, score, rerank: prompt/completion; responses: input/output.
+        result.input_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        result.output_tokens += int(
+            usage.get("completion_tokens") or usage.get("output_tokens") or 0
+        )
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
         result.cached_tokens += int(details.get("cached_tokens") or 0)
     return result

@@ -25,6 +25,9 @@ ENDPOINTS: dict[str, EndpointMode] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/score": "score",
+    "/v1/rerank": "rerank",
 }
 
 
