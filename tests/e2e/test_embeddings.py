@@ -100,3 +100,42 @@ def test_the_fake_servers_embeddings_reply_has_the_real_shape(
     assert (fake_reply["object"], fake_reply["data"][1]["object"], fake_reply["data"][1]["index"]) \
         == (real["object"], real["data"][1]["object"], real["data"][1]["index"])  # fmt: skip
     assert real["usage"]["completion_tokens"] == fake_reply["usage"]["completion_tokens"]
+
+
+# -- /v1/score and /v1/rerank of the same pooling server (cosine of the two texts' vectors) ----
+
+
+def test_score_and_rerank_lines_through_vbatch_run(
+    embedding_server: VllmServer, tmp_path: Path
+) -> None:
+    docs = [TEXTS[2], TEXTS[1]]  # stocks, then the cat
+    lines = [
+        {"custom_id": "score", "method": "POST", "url": "/v1/score",
+         "body": {"queries": TEXTS[0], "documents": docs}},
+        {"custom_id": "rerank", "method": "POST", "url": "/v1/rerank",
+         "body": {"query": TEXTS[0], "documents": docs}},
+    ]  # fmt: skip
+    inp = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(out), "--base-url",
+         embedding_server.base_url, "--quiet"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    by_id = {r["custom_id"]: r["response"]["body"] for r in read_jsonl(out)}
+    scores = [d["score"] for d in sorted(by_id["score"]["data"], key=lambda d: d["index"])]
+    assert scores[1] > scores[0]  # the cat sentence is closer to the cat sentence
+    ranked = by_id["rerank"]["results"]
+    assert [r["index"] for r in ranked] == [1, 0]  # best first: the cat sentence
+    assert math.isclose(ranked[0]["relevance_score"], scores[1], rel_tol=1e-4)
+
+    # The fake server's replies have the real keys (its scores are hash cosines, not these).
+    model = embedding_server.spec.served_model_name
+    with FakeServer() as fake:
+        for url, body in (("/score", lines[0]["body"]), ("/rerank", lines[1]["body"])):
+            real = _post(embedding_server.base_url + url, {"model": model, **body})
+            ours = _post(fake.base_url + url, body)
+            assert set(ours) == set(real), url
+            items = "data" if url == "/score" else "results"
+            assert set(ours[items][0]) == set(real[items][0]), url
+            assert set(ours["usage"]) == set(real["usage"]), url

@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
+from fakeserver import FakeServer
 from helpers import crash_server, is_vllm_server, read_jsonl, write_jsonl
 
 from vbatch._config import LaunchOptions
@@ -126,6 +127,48 @@ def _overflow_rows(server: VllmServer) -> tuple[list[dict[str, Any]], int]:
         {"id": "max_too_big", "prompt": "Hello there", "max_tokens": MAX_MODEL_LEN + 100},
         {"id": "shortened", "prompt": long_prompt, "max_tokens": 400},
     ], long_tokens
+
+
+def test_responses_lines_the_same_as_chat_and_the_fake_has_the_real_shape(
+    vllm_server: VllmServer, tmp_path: Path
+) -> None:
+    """A /v1/responses Batch line gets the answer the same question gets as chat (greedy),
+    --max-tokens is its max_output_tokens, and the fake server's reply has the real keys."""
+    question = "What is the capital of Italy?"
+    lines = [
+        {"custom_id": "resp", "method": "POST", "url": "/v1/responses",
+         "body": {"input": question, "temperature": 0}},
+        {"custom_id": "chat", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"messages": [{"role": "user", "content": question}], "temperature": 0}},
+    ]  # fmt: skip
+    inp = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    proc = vbatch(str(inp), "-o", str(out), "--base-url", vllm_server.base_url,
+                  "--max-tokens", "12")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    by_id = {r["custom_id"]: r["response"]["body"] for r in read_jsonl(out)}
+    answer = by_id["resp"]
+    assert answer["object"] == "response" and answer["max_output_tokens"] == 12
+    said = "".join(c["text"] for item in answer["output"] for c in item.get("content") or ())
+    assert said == by_id["chat"]["choices"][0]["message"]["content"]
+    assert answer["usage"]["output_tokens"] == by_id["chat"]["usage"]["completion_tokens"]
+    with FakeServer() as fake:
+        ours = _post_json(fake.base_url + "/responses", {"input": question,
+                                                         "max_output_tokens": 12})  # fmt: skip
+    assert set(ours) <= set(answer), set(ours) - set(answer)
+    for key in ("output", "usage", "status", "object", "incomplete_details"):
+        assert key in ours
+    assert set(ours["output"][0]) == set(answer["output"][0])
+    assert set(ours["output"][0]["content"][0]) == set(answer["output"][0]["content"][0])
+    assert {"input_tokens", "output_tokens", "total_tokens"} <= set(ours["usage"])
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        result: dict[str, Any] = json.loads(reply.read())
+        return result
 
 
 @pytest.mark.parametrize("policy", ["error", "clamp"])

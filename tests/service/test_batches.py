@@ -308,3 +308,37 @@ def test_unknown_routes_and_methods_answer_in_openais_envelope(
         client.delete(f"/batches/{batch.id}", cast_to=object)
     assert wrong.value.status_code == 405 and wrong.value.type == "invalid_request_error"
     assert "DELETE" in str(wrong.value.body["message"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        ("/v1/responses", {"input": "Tell me something", "max_output_tokens": 5}),
+        ("/v1/score", {"queries": "a cat", "documents": ["a cat sat", "stocks fell"]}),
+        ("/v1/rerank", {"query": "a cat", "documents": ["a cat sat", "stocks fell"]}),
+    ],
+)
+def test_batches_of_responses_scores_and_reranks(
+    start_api: StartApi, tmp_path: Path, endpoint: str, body: dict[str, object]
+) -> None:
+    client = start_api().client()
+    lines = [{"custom_id": f"x{i}", "method": "POST", "url": endpoint, "body": body}
+             for i in range(3)]  # fmt: skip
+    lines.append({"custom_id": "other", "method": "POST", "url": CHAT,
+                  "body": {"messages": [{"role": "user", "content": "hi"}]}})  # fmt: skip
+    bad = upload(client, write_lines(tmp_path / "bad.jsonl", lines))
+    refused = wait_done(client, client.batches.create(
+        input_file_id=bad, endpoint=endpoint, completion_window="24h").id)  # type: ignore[arg-type]  # fmt: skip
+    assert refused.status == "failed" and refused.errors and refused.errors.data
+    assert [(e.line, endpoint in (e.message or "")) for e in refused.errors.data] == [(4, True)]
+    good = upload(client, write_lines(tmp_path / "good.jsonl", lines[:3]))
+    batch = wait_done(client, client.batches.create(
+        input_file_id=good, endpoint=endpoint, completion_window="24h").id)  # type: ignore[arg-type]  # fmt: skip
+    assert batch.status == "completed" and batch.request_counts is not None
+    assert batch.request_counts.completed == 3 and batch.endpoint == endpoint
+    outputs = content_lines(client, batch.output_file_id)
+    assert all(o["response"]["status_code"] == 200 for o in outputs)
+    assert batch.usage is not None and batch.usage.input_tokens > 0
+    if endpoint == "/v1/responses":
+        assert batch.usage.output_tokens == 3 * 5
+        assert all(o["response"]["body"]["object"] == "response" for o in outputs)

@@ -36,6 +36,9 @@ class Outcome:
     shortened_to: int | None = None  # the max_tokens the server applied when it cut the request's
 
 
+REPLY_LISTS = ("choices", "data", "results", "output")
+
+
 def classify(
     reply: Response | TransportError,
     sent: dict[str, Any],
@@ -50,9 +53,10 @@ def classify(
             parsed = orjson.loads(reply.content)
         except orjson.JSONDecodeError:
             parsed = None
-        # A completion has choices; an embedding reply (``"object": "list"``) has data.
-        if isinstance(parsed, dict) and (
-            isinstance(parsed.get("choices"), list) or isinstance(parsed.get("data"), list)
+        # A completion has choices; an embedding or score reply (``"object": "list"``) data;
+        # a rerank results; a response (``"object": "response"``) output.
+        if isinstance(parsed, dict) and any(
+            isinstance(parsed.get(key), list) for key in REPLY_LISTS
         ):
             shortened = None if max_model_len is None else _shortened(sent, parsed, max_model_len)
             return Outcome(200, parsed, shortened_to=shortened)
