@@ -3,6 +3,8 @@ driven by Selenium): it shows a running batch's progress and updates it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from helpers import ServerProcess
 from selenium import webdriver
@@ -53,7 +56,7 @@ def _row(browser: webdriver.Chrome, batch_id: str) -> dict[str, Any] | None:
         """const row = document.getElementById(arguments[0]);
         if (!row) return null;
         return {percent: Number(row.querySelector(".bar").dataset.percent),
-                text: row.innerText, done: row.querySelector(".done").textContent};""",
+                text: row.innerText, done: row.querySelector(".completed").textContent};""",
         f"batch-{batch_id}",
     )
     return found
@@ -93,3 +96,90 @@ def test_the_page_shows_a_running_batch_and_updates_it(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     client.batches.cancel(batch.id)
+
+
+def _view(browser: webdriver.Chrome) -> dict[str, Any]:
+    """Everything the page shows now, read in one go."""
+    found: dict[str, Any] = browser.execute_script(
+        """const text = (row, cls) => (row.querySelector("." + cls) || {}).textContent;
+        return {
+          servers: [...document.querySelectorAll("tr.server")].map(r => r.innerText),
+          batches: Object.fromEntries([...document.querySelectorAll("#batches tr")].map(r =>
+            [r.id.slice(6), {name: text(r, "name"), status: r.cells[2].textContent,
+             completed: text(r, "completed"), failed: r.cells[5].textContent,
+             created: text(r, "created"), elapsed: text(r, "elapsed"), share: text(r, "share"),
+             files: [...r.querySelectorAll("a.file")].map(a => [a.textContent,
+                                                               a.dataset.file])}])),
+          series: Object.fromEntries([...document.querySelectorAll("#chart polyline")].map(
+            l => [l.dataset.series, Number(l.dataset.last)])),
+        };"""
+    )
+    return found
+
+
+def test_the_page_for_an_operator_servers_chart_batches_files_and_only_the_keys_own(
+    start_api: StartApi, server_process: ServerProcess, tmp_path: Path,
+    browser: webdriver.Chrome,
+) -> None:  # fmt: skip
+    server_process.control(latency=0.05)
+    api = start_api("--concurrency", "4")
+    alice, bob = api.client(KEYS[0]), api.client(KEYS[1])
+    shot = os.environ.get("PAGE_SCREENSHOT")  # docs/status-page.png is made this way
+    rows = 3000 if shot else 600  # running still when the screenshot is taken
+    # Alice: a small batch that ends (its files), then a long one that runs; Bob: one that
+    # runs too, weighted 3, which Alice's view must not show (but shares the window with).
+    small = upload(alice, write_lines(tmp_path / "small.jsonl", batch_lines(4, "s")))
+    done = alice.batches.create(input_file_id=small, endpoint="/v1/chat/completions",
+                                completion_window="24h", metadata={"name": "smoke"})  # fmt: skip
+    done_id = done.id
+    while alice.batches.retrieve(done_id).status != "completed":
+        time.sleep(0.1)
+    big = upload(alice, write_lines(tmp_path / "big.jsonl", batch_lines(rows, "a")))
+    running = alice.batches.create(input_file_id=big, endpoint="/v1/chat/completions",
+                                   completion_window="24h",
+                                   metadata={"name": "nightly-eval"})  # fmt: skip
+    other = upload(bob, write_lines(tmp_path / "bob.jsonl", batch_lines(rows, "b")))
+    bobs = bob.batches.create(input_file_id=other, endpoint="/v1/chat/completions",
+                              completion_window="24h",
+                              metadata={"vbatch_priority": "3"})  # fmt: skip
+    browser.set_window_size(1400, 900)
+    browser.get(api.base_url.removesuffix("/v1") + "/")
+    browser.find_element(By.ID, "key").send_keys(KEYS[0], Keys.TAB)
+    deadline = time.monotonic() + 40
+    while True:  # two rate samples (5 s apart) make the chart's lines
+        view = _view(browser)
+        if {"fleet", "nightly-eval"} <= set(view["series"]):
+            break
+        assert time.monotonic() < deadline, view
+        time.sleep(0.5)
+    assert set(view["batches"]) == {done_id, running.id}  # not Bob's
+    assert bobs.id not in browser.page_source
+    assert view["servers"] and all("\tup\t0" in s for s in view["servers"])
+    assert view["series"]["fleet"] > 0 and view["series"]["nightly-eval"] > 0
+    now = view["batches"][running.id]
+    assert now["name"] == "nightly-eval" and now["status"] == "in_progress"
+    assert now["share"] == "25%"  # weight 1 of 1 + 3
+    assert now["created"] and now["elapsed"].endswith(" s")
+    counts = alice.batches.retrieve(running.id).request_counts
+    assert counts is not None and int(now["completed"].split("/")[0]) <= counts.completed
+    ended = view["batches"][done_id]
+    assert (ended["name"], ended["status"], ended["completed"], ended["failed"]) == (
+        "smoke", "completed", "4/4", "0")  # fmt: skip
+    finished = alice.batches.retrieve(done_id)
+    assert ended["files"] == [["output", finished.output_file_id]] and ended["share"] == ""
+    # The link fetches the file with the key: the lines the API serves.
+    fetched = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        fetch("v1/files/" + arguments[0] + "/content",
+              {headers: {Authorization: "Bearer " + arguments[1]}})
+          .then(r => r.text()).then(done);""",
+        finished.output_file_id,
+        KEYS[0],
+    )
+    assert len(fetched.splitlines()) == 4
+    if shot:
+        time.sleep(25)  # a few more samples on the chart
+        browser.save_screenshot(shot)
+    for client, batch_id in ((alice, running.id), (bob, bobs.id)):
+        with contextlib.suppress(openai.ConflictError):  # ended meanwhile
+            client.batches.cancel(batch_id)

@@ -18,10 +18,19 @@ from typing import Protocol
 
 from .._errors import ConfigError
 
-__all__ = ["API_PREFIX", "Fleet", "FleetStatus", "base_urls", "split_base_url"]
+__all__ = ["API_PREFIX", "Fleet", "FleetStatus", "ServerState", "base_urls", "split_base_url"]
 
 # Where vLLM (and every OpenAI-compatible server) serves the OpenAI routes, below the root.
 API_PREFIX = "/v1"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """One member, as the Batch API's status page lists them."""
+
+    url: str
+    up: bool
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class FleetStatus:
     up: int  # of them, taking requests now
     restarts: int = 0  # servers restarted so far
     failure: str | None = None  # why the fleet gave up, once it has
+    servers: tuple[ServerState, ...] = ()  # each member, where the fleet tells them
 
 
 class Fleet(Protocol):

@@ -25,7 +25,7 @@ from .._engine.plan import LaunchPlan
 from .._engine.server import VllmServer, free_port
 from .._errors import FleetError
 from .._tasks import cancel_and_wait
-from .base import FleetStatus
+from .base import FleetStatus, ServerState
 from .replica import Replica, Supervision
 from .roster import Prober, Roster
 
@@ -146,8 +146,10 @@ class LocalFleet:
 
     def status(self) -> FleetStatus:
         failure = self.roster.failure
+        servers = tuple(ServerState(r.url, self.roster.is_up(r.url), r.restarted)
+                        for r in self.replicas)  # fmt: skip
         return FleetStatus(len(self.replicas), len(self.roster.endpoints), self.shared.restarts,
-                           None if failure is None else str(failure))  # fmt: skip
+                           None if failure is None else str(failure), servers)  # fmt: skip
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._watchers)

@@ -39,6 +39,7 @@ class Replica:
         self.shared = shared
         self.started_at = 0.0
         self.restarts: deque[float] = deque()  # when it was restarted, within the window
+        self.restarted = 0  # times in all
 
     @property
     def url(self) -> str:
@@ -125,6 +126,7 @@ class Replica:
                 "kept; running the same command again resumes)"
             )))  # fmt: skip
         self.restarts.append(now)
+        self.restarted += 1
         shared.restarts += 1
         await shared.start_slot.acquire()
         await self.launch()

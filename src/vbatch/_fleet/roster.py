@@ -55,6 +55,9 @@ class Roster:
         if url not in self.order:
             self.order.append(url)
 
+    def is_up(self, url: str) -> bool:
+        return url in self._up
+
     def mark(self, url: str, up: bool) -> None:
         if (url in self._up) == up:
             return

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from .._config import DOWN_TIMEOUT_S, HEALTH_INTERVAL_S, UNHEALTHY_PROBES
 from .._errors import ConfigError, FleetError
 from .._tasks import cancel_and_wait
-from .base import FleetStatus, split_base_url
+from .base import FleetStatus, ServerState, split_base_url
 from .roster import Prober, Roster
 
 __all__ = ["StaticFleet"]
@@ -73,8 +73,9 @@ class StaticFleet:
 
     def status(self) -> FleetStatus:
         failure = self.roster.failure
+        servers = tuple(ServerState(url, self.roster.is_up(url)) for url in self.roster.order)
         return FleetStatus(len(self._urls), len(self.roster.endpoints), 0,
-                           None if failure is None else str(failure))  # fmt: skip
+                           None if failure is None else str(failure), servers)  # fmt: skip
 
     async def stop(self) -> None:
         await cancel_and_wait(self._watcher)

@@ -248,10 +248,15 @@ def create_app(service: Service) -> FastAPI:
         health = None
         if fleet is not None:
             health = {"members": fleet.members, "up": fleet.up, "restarts": fleet.restarts,
-                      "failure": fleet.failure}  # fmt: skip
+                      "failure": fleet.failure,
+                      "servers": [{"url": s.url, "up": s.up, "restarts": s.restarts}
+                                  for s in fleet.servers]}  # fmt: skip
         return {
+            "now": runner.clock(),
             "batches": [runner.progress(who, d) for d in docs],
             "fleet": health,
+            # Fleet-wide: every key's batches (the fleet is shared); per batch: the key's own.
+            "tokens_per_s": [[round(t, 1), round(r, 1)] for t, r in runner.rates.fleet],
             "window": service.dispatcher.concurrency,
             "in_flight": service.dispatcher.sender.in_flight,
         }

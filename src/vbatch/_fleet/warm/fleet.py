@@ -184,7 +184,8 @@ class WarmFleet:
         if self._inner is None or self._entry is None:
             return FleetStatus(self.plan.replicas, 0)
         inner = self._inner.status()
-        return FleetStatus(inner.members, inner.up, self._entry.restarts, inner.failure)
+        return FleetStatus(inner.members, inner.up, self._entry.restarts, inner.failure,
+                           inner.servers)  # fmt: skip
 
     async def stop(self) -> None:
         """Leave the fleet to its keeper: stop watching, release the lease."""
