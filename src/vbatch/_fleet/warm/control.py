@@ -20,7 +20,7 @@ from .registry import WarmEntry, keeper_alive, live_leases
 
 __all__ = ["WarmUsage", "spawn_keeper", "stop_keeper", "usage"]
 
-KEEPER_MODULE = "vbatch._fleet.warm.keeper"
+KEEPER_MODULE = "vbatch._fleet.warm"  # its __main__.py
 
 
 def spawn_keeper(order: KeeperOrder) -> subprocess.Popen[bytes]:

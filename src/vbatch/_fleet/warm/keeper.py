@@ -1,7 +1,7 @@
 """The keeper: the process that owns a warm fleet, so that its servers outlive the run that
 started them.
 
-usage: python -m vbatch._fleet.warm.keeper   (its order, a pickled ``KeeperOrder``, on stdin)
+usage: python -m vbatch._fleet.warm   (its order, a pickled ``KeeperOrder``, on stdin)
 
 A run with ``--keep-alive`` starts it in a session of its own (not a child that dies with the
 run). It takes the GPU set's lock (registry.py), starts the servers as a ``LocalFleet`` (which
@@ -145,6 +145,3 @@ async def _main(order: KeeperOrder) -> int:
         loop.add_signal_handler(sig, stop.set)
     return await keep(order, stop)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
