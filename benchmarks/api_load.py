@@ -6,15 +6,24 @@ and the vbatch process's CPU milliseconds per request (the service's: uvicorn, t
 SQLite, the runner and the shared dispatcher; `vbatch run`'s: the whole command). The openai
 client polling the service runs in this process and is not counted.
 
+With ``--pollers N`` the service case runs twice, without and with N clients (one process of
+asyncio tasks, raw HTTP) each asking ``GET /v1/batches/{id}`` every ``--poll-s`` and listing
+``GET /v1/batches`` every ``--list-s`` while the batches run: the polls' p50/p99 latency, and
+the batches' rows/s against the same batches with nobody polling.
+
 usage: python benchmarks/api_load.py [--batches 20] [--rows 50000] [--window 256]
-       [--latency 0.005,0.02] [--repeat 1] [--out FILE]
+       [--latency 0.005,0.02] [--repeat 1] [--out FILE] [--pollers 200 --poll-s 0.1 --list-s 1]
+       [--no-run]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import platform
+import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +51,57 @@ def cpu_s(proc: psutil.Process) -> float:
     return float(t.user + t.system + t.children_user + t.children_system)
 
 
-def service_case(base_url: str, files: list[Path], window: int, tmp: Path) -> dict[str, Any]:
+async def _poll(
+    url: str, key: str, ids: list[str], pollers: int, poll_s: float, list_s: float, out: Path
+) -> None:
+    """The pollers, until SIGTERM: then their latencies (ms) go to ``out``."""
+    import aiohttp
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    got: dict[str, list[float]] = {"retrieve": [], "list": []}
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def one(session: aiohttp.ClientSession, rng: random.Random) -> None:
+        next_list = time.monotonic() + rng.uniform(0, list_s)
+        await asyncio.sleep(rng.uniform(0, poll_s))
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            async with session.get(f"{url}/batches/{rng.choice(ids)}") as reply:
+                await reply.read()
+            got["retrieve"].append(1000 * (time.perf_counter() - t0))
+            if time.monotonic() >= next_list:
+                next_list += list_s
+                t0 = time.perf_counter()
+                async with session.get(f"{url}/batches?limit=20") as reply:
+                    await reply.read()
+                got["list"].append(1000 * (time.perf_counter() - t0))
+            await asyncio.sleep(max(0.0, poll_s - (time.perf_counter() - t0)))
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        tasks = [asyncio.create_task(one(session, random.Random(i))) for i in range(pollers)]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    out.write_text(json.dumps(got))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else 0.0
+
+
+def service_case(
+    base_url: str,
+    files: list[Path],
+    window: int,
+    tmp: Path,
+    pollers: int = 0,
+    poll_s: float = 0.1,
+    list_s: float = 1.0,
+) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "vbatch", "api", "--port", "0", "--base-url", base_url,
            "--concurrency", str(window), "--data-dir", str(tmp / "data")]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -58,6 +117,12 @@ def service_case(base_url: str, files: list[Path], window: int, tmp: Path) -> di
         cpu0, t0 = cpu_s(ps), time.perf_counter()
         batches = [client.batches.create(input_file_id=i, endpoint="/v1/chat/completions",
                                          completion_window="24h").id for i in ids]  # fmt: skip
+        poller = None
+        if pollers:
+            poller = subprocess.Popen([sys.executable, __file__, "--poll-url", url,
+                                       "--poll-ids", ",".join(batches), "--pollers", str(pollers),
+                                       "--poll-s", str(poll_s), "--list-s", str(list_s),
+                                       "--poll-out", str(tmp / "polls.json")])  # fmt: skip
         finished: dict[str, float] = {}
         while len(finished) < len(batches):
             time.sleep(0.25)
@@ -66,11 +131,20 @@ def service_case(base_url: str, files: list[Path], window: int, tmp: Path) -> di
                     finished[b.id] = time.perf_counter() - t0
                     assert b.request_counts is not None and b.request_counts.failed == 0
         wall, cpu = time.perf_counter() - t0, cpu_s(ps) - cpu0
+        polls: dict[str, list[float]] = {}
+        if poller is not None:
+            poller.send_signal(signal.SIGTERM)
+            poller.wait(60)
+            polls = json.loads((tmp / "polls.json").read_text())
     finally:
         proc.terminate()
         proc.wait(30)
     rows = sum(p.read_text().count("\n") for p in files)
-    return {"case": "vbatch api", "rows": rows, "batches": len(files), "wall_s": round(wall, 2),
+    seen = {f"{kind}_{name}": value for kind, ms in polls.items() for name, value in
+            (("count", len(ms)), ("p50_ms", _percentile(ms, 0.5)),
+             ("p99_ms", _percentile(ms, 0.99)))}  # fmt: skip
+    return {"case": f"vbatch api, {pollers} pollers", "pollers": pollers, **seen,
+            "rows": rows, "batches": len(files), "wall_s": round(wall, 2),
             "requests_per_s": round(rows / wall), "cpu_ms_per_request":
             round(1000 * cpu / rows, 3), "first_batch_done_s": round(min(finished.values()), 2),
             "last_batch_done_s": round(max(finished.values()), 2)}  # fmt: skip
@@ -107,7 +181,18 @@ def main() -> None:
     ap.add_argument("--latency", default="0.005,0.02")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--pollers", type=int, default=0)
+    ap.add_argument("--poll-s", type=float, default=0.1)
+    ap.add_argument("--list-s", type=float, default=1.0)
+    ap.add_argument("--no-run", action="store_true", help="the service cases only")
+    ap.add_argument("--poll-url", help=argparse.SUPPRESS)  # the pollers' own process
+    ap.add_argument("--poll-ids", help=argparse.SUPPRESS)
+    ap.add_argument("--poll-out", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.poll_url:
+        asyncio.run(_poll(a.poll_url, "-", a.poll_ids.split(","), a.pollers, a.poll_s,
+                          a.list_s, Path(a.poll_out)))  # fmt: skip
+        return
     tmp = Path(tempfile.mkdtemp(prefix="vbatch-api-load-"))
     files = []
     for b in range(a.batches):
@@ -119,8 +204,13 @@ def main() -> None:
     try:
         assert server.stdout is not None
         base_url = server.stdout.readline().split()[1] + "/v1"
+        cases: list[Any] = [lambda *x: service_case(*x)]
+        if a.pollers:
+            cases.append(lambda *x: service_case(*x, a.pollers, a.poll_s, a.list_s))
+        if not a.no_run:
+            cases.append(run_case)
         for n in range(a.repeat):
-            for case in (service_case, run_case):
+            for case in cases:
                 work = Path(tempfile.mkdtemp(dir=tmp))
                 result = case(base_url, files, a.window, work)
                 result.update(repeat=n, window=a.window, latency=a.latency,

@@ -8,9 +8,10 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -40,6 +41,12 @@ class APIError(Exception):
                  param: str | None = None, code: str | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.body = status, error_body(message, type_, param, code)
+
+
+def _json(body: Any) -> Response:
+    """A reply encoded by orjson, past FastAPI's ``jsonable_encoder``: the polled routes
+    (retrieve, list, status) are most of a busy service's requests (docs/benchmarks.md §3)."""
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _not_found(kind: str, object_id: str) -> APIError:
@@ -214,16 +221,16 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/batches")
     async def list_batches(
         who: Owner, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
-    ) -> dict[str, Any]:
+    ) -> Response:
         docs, more = store.batches(who, after, limit)
-        return page([runner.batch(who, d["id"]) or d for d in docs], more)
+        return _json(page([runner.batch(who, d["id"]) or d for d in docs], more))
 
     @app.get("/v1/batches/{batch_id}")
-    async def get_batch(batch_id: str, who: Owner) -> dict[str, Any]:
+    async def get_batch(batch_id: str, who: Owner) -> Response:
         doc = runner.batch(who, batch_id) if is_id(batch_id, "batch") else None
         if doc is None:
             raise _not_found("batch", batch_id)
-        return doc
+        return _json(doc)
 
     @app.post("/v1/batches/{batch_id}/cancel")
     async def cancel_batch(batch_id: str, who: Owner) -> dict[str, Any]:
@@ -242,7 +249,7 @@ def create_app(service: Service) -> FastAPI:
         return PAGE
 
     @app.get("/v1/vbatch/status")
-    async def status(who: Owner) -> dict[str, Any]:
+    async def status(who: Owner) -> Response:
         docs, _ = store.batches(who, None, 50)
         fleet = service.dispatcher.snapshot().fleet
         health = None
@@ -251,15 +258,17 @@ def create_app(service: Service) -> FastAPI:
                       "failure": fleet.failure,
                       "servers": [{"url": s.url, "up": s.up, "restarts": s.restarts}
                                   for s in fleet.servers]}  # fmt: skip
-        return {
-            "now": runner.clock(),
-            "batches": [runner.progress(who, d) for d in docs],
-            "fleet": health,
-            # Fleet-wide: every key's batches (the fleet is shared); per batch: the key's own.
-            "tokens_per_s": [[round(t, 1), round(r, 1)] for t, r in runner.rates.fleet],
-            "window": service.dispatcher.concurrency,
-            "in_flight": service.dispatcher.sender.in_flight,
-        }
+        return _json(
+            {
+                "now": runner.clock(),
+                "batches": [runner.progress(who, d) for d in docs],
+                "fleet": health,
+                # Fleet-wide: every key's batches (the fleet is shared); per batch: the key's own.
+                "tokens_per_s": [[round(t, 1), round(r, 1)] for t, r in runner.rates.fleet],
+                "window": service.dispatcher.concurrency,
+                "in_flight": service.dispatcher.sender.in_flight,
+            }
+        )
 
     return app
 

@@ -144,4 +144,3 @@ async def _main(order: KeeperOrder) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     return await keep(order, stop)
-
