@@ -71,8 +71,10 @@ class BatchCreate(BaseModel):
     output_expires_after: dict[str, Any] | None = None
 
 
-def _owner(request: Request) -> str:
-    """The owner of the request's bearer key; 401 for a missing or wrong one."""
+async def _owner(request: Request) -> str:
+    """The owner of the request's bearer key; 401 for a missing or wrong one. ``async``: a
+    plain function would be run in a worker thread for every request (FastAPI's way with sync
+    dependencies), a thread hop per poll (docs/benchmarks.md §3)."""
     service: Service = request.app.state.service
     found = service.keys.owner(request.headers.get("authorization"))
     if found is None:
