@@ -77,13 +77,15 @@ def ray_cluster(ray_tmpdir: Path) -> Iterator[Any]:
     (ray_tmpdir / "ray").mkdir()  # where Ray's note goes, which it expects to exist
     node: dict[str, Any] = {"node_ip_address": LOOPBACK, "temp_dir": str(ray_tmpdir)}
     head = {**node, "num_cpus": 0, "include_dashboard": False}
+    # Servers already running (the e2e tests' shared one) are not this cluster's to end.
+    before = {proc.pid for proc in _vllm_servers()}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         for _ in range(2):
             cluster.add_node(**node, num_cpus=1)
         yield cluster
     finally:
-        servers = _vllm_servers()
+        servers = [proc for proc in _vllm_servers() if proc.pid not in before]
         cluster.shutdown()
         _end(servers)  # they end with their members; vLLM may take a few seconds to
 
