@@ -241,3 +241,15 @@ def preview_requests(job: Any) -> Iterator[Any]:
     builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
                              require_model=False)  # fmt: skip
     return (builder.build(row) for row in source.rows())
+
+
+def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a JSON body to a server (real vLLM or the fake) and return its JSON reply."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        result: dict[str, Any] = json.loads(reply.read())
+        return result

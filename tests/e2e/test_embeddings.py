@@ -4,18 +4,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fakeserver import FakeServer
-from helpers import read_jsonl, write_jsonl
+from helpers import post_json, read_jsonl, write_jsonl
 
 from vbatch._config import LaunchOptions
 from vbatch._engine.plan import plan_server
@@ -34,14 +31,6 @@ def embedding_server() -> Iterator[VllmServer]:
     plan = plan_server(None, None, LaunchOptions(max_model_len=MAX_MODEL_LEN, vllm_args=POOLING))
     with VllmServer(plan.spec) as server:
         yield server
-
-
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=60) as reply:
-        result: dict[str, Any] = json.loads(reply.read())
-        return result
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -88,9 +77,9 @@ def test_the_fake_servers_embeddings_reply_has_the_real_shape(
     embedding_server: VllmServer,
 ) -> None:
     body = {"model": embedding_server.spec.served_model_name, "input": TEXTS[:2]}
-    real = _post(embedding_server.base_url + "/embeddings", body)
+    real = post_json(embedding_server.base_url + "/embeddings", body)
     with FakeServer() as fake:
-        fake_reply = _post(fake.base_url + "/embeddings", {"input": TEXTS[:2]})
+        fake_reply = post_json(fake.base_url + "/embeddings", {"input": TEXTS[:2]})
     assert set(fake_reply) == set(real)
     assert set(fake_reply["data"][0]) == set(real["data"][0])
     assert fake_reply["usage"].keys() == real["usage"].keys()
@@ -133,8 +122,8 @@ def test_score_and_rerank_lines_through_vbatch_run(
     model = embedding_server.spec.served_model_name
     with FakeServer() as fake:
         for url, body in (("/score", lines[0]["body"]), ("/rerank", lines[1]["body"])):
-            real = _post(embedding_server.base_url + url, {"model": model, **body})
-            ours = _post(fake.base_url + url, body)
+            real = post_json(embedding_server.base_url + url, {"model": model, **body})
+            ours = post_json(fake.base_url + url, body)
             assert set(ours) == set(real), url
             items = "data" if url == "/score" else "results"
             assert set(ours[items][0]) == set(real[items][0]), url

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 from fakeserver import FakeServer
-from helpers import crash_server, is_vllm_server, read_jsonl, write_jsonl
+from helpers import crash_server, is_vllm_server, post_json, read_jsonl, write_jsonl
 
 from vbatch._config import LaunchOptions
 from vbatch._engine.plan import plan_server
@@ -153,7 +153,7 @@ def test_responses_lines_the_same_as_chat_and_the_fake_has_the_real_shape(
     assert said == by_id["chat"]["choices"][0]["message"]["content"]
     assert answer["usage"]["output_tokens"] == by_id["chat"]["usage"]["completion_tokens"]
     with FakeServer() as fake:
-        ours = _post_json(fake.base_url + "/responses", {"input": question,
+        ours = post_json(fake.base_url + "/responses", {"input": question,
                                                          "max_output_tokens": 12})  # fmt: skip
     assert set(ours) <= set(answer), set(ours) - set(answer)
     for key in ("output", "usage", "status", "object", "incomplete_details"):
@@ -161,14 +161,6 @@ def test_responses_lines_the_same_as_chat_and_the_fake_has_the_real_shape(
     assert set(ours["output"][0]) == set(answer["output"][0])
     assert set(ours["output"][0]["content"][0]) == set(answer["output"][0]["content"][0])
     assert {"input_tokens", "output_tokens", "total_tokens"} <= set(ours["usage"])
-
-
-def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=60) as reply:
-        result: dict[str, Any] = json.loads(reply.read())
-        return result
 
 
 @pytest.mark.parametrize("policy", ["error", "clamp"])

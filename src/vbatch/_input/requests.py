@@ -115,6 +115,7 @@ class RequestBuilder:
         self._embed_base.update(defaults.extra_body)
         self.checks = RowChecks(path, require_model, model_hint, served, api_terms=batch_only)
         self.force_model = force_model and defaults.model is not None
+        self.batch_only = batch_only
         # Decided by the first row, unless every row must be one.
         self.batch_lines: bool | None = True if batch_only else None
 
@@ -125,7 +126,7 @@ class RequestBuilder:
 
     def build(self, row: RawRow) -> PreparedRequest:
         data = row.data
-        is_batch = self.checks.api_terms or data.keys() >= INPUT_KEYS
+        is_batch = self.batch_only or data.keys() >= INPUT_KEYS
         if self.batch_lines is None:
             self.batch_lines = is_batch
         elif is_batch != self.batch_lines:

@@ -149,13 +149,16 @@ class BatchDriver:
         batch_id = active.doc["id"]
         return batch_writer(self.files, batch_id, DbStateStore(self.store, batch_id))
 
+    def _result_paths(self, batch_id: str) -> tuple[str, str]:
+        """The batch's output and error files."""
+        output, errors = (self.files.path(self.files.output_location(batch_id, kind))
+                          for kind in ("output", "errors"))  # fmt: skip
+        return output, errors
+
     def durable_counts(self, active: ActiveBatch) -> dict[str, int]:
         """The batch's counts from its files: at a restart, what the last run left whole (the
         counts saved now and then may be older than what clients saw before the crash)."""
-        batch_id = active.doc["id"]
-        paths = [self.files.path(self.files.output_location(batch_id, kind))
-                 for kind in ("output", "errors")]  # fmt: skip
-        counts = tally(*paths)
+        counts = tally(*self._result_paths(active.doc["id"]))
         return {**active.doc["request_counts"], "completed": counts.completed,
                 "failed": counts.failed}  # fmt: skip
 
@@ -187,9 +190,7 @@ class BatchDriver:
         transaction: a crash before it leaves the batch to be finished again."""
         doc = active.doc
         batch_id = doc["id"]
-        paths = [self.files.path(self.files.output_location(batch_id, kind))
-                 for kind in ("output", "errors")]  # fmt: skip
-        counts = await asyncio.to_thread(tally, *paths)
+        counts = await asyncio.to_thread(tally, *self._result_paths(batch_id))
         active.stats = None
         fields: dict[str, Any] = {"usage": counts.usage()}
         if errors:
