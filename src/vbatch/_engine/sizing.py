@@ -173,10 +173,12 @@ def measure_requests(
     default_max_tokens: int | None,
     limit: int | None = None,
     fits: int | None = None,
+    keep_sample: bool = True,
 ) -> InputMeasure:
     """One streaming pass: the longest prompt in tokens and the most any row needs in total
     (over the first ``limit`` rows only, when given). With ``fits`` (a planned context), rows
-    whose UTF-8 length plus ``max_tokens`` fits it are not counted: they cannot need more."""
+    whose UTF-8 length plus ``max_tokens`` fits it are not counted: they cannot need more.
+    ``keep_sample`` False: no sample kept (the pass over the rows after the first)."""
     count = _load_tokenizer(model_dir)
     m = InputMeasure()
     # Rows to count: (text, overhead, max_tokens, n, in the sample).
@@ -221,7 +223,7 @@ def measure_requests(
             wanted = 0  # an embedding or a score generates nothing: its need is its input
         elif not isinstance(wanted, int):
             wanted = None
-        sampled = m.rows <= SAMPLE_ROWS
+        sampled = keep_sample and m.rows <= SAMPLE_ROWS
         n = body.get("n")
         n = n if isinstance(n, int) and n > 1 else 1
         if isinstance(text, list):

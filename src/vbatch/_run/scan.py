@@ -101,7 +101,7 @@ def _size(requests: Iterator[PreparedRequest], sizing: Sizing) -> InputMeasure:
     if following is None:
         return first
     rest = measure_requests(itertools.chain([following], requests), folder, max_tokens,
-                            fits=context)  # fmt: skip
+                            fits=context, keep_sample=False)  # fmt: skip
     return dataclasses.replace(
         first,
         rows=first.rows + rest.rows,
