@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 import orjson
@@ -17,7 +18,8 @@ from vbatch import (
     TransportError,
     WaitExponentialJitter,
 )
-from vbatch._models import COMPLETIONS
+from vbatch._client.stats import Stats
+from vbatch._models import COMPLETIONS, Result
 
 OK = orjson.dumps(
     {"id": "c", "choices": [{"index": 0, "text": "t"}], "usage": {"completion_tokens": 1}}
@@ -185,3 +187,33 @@ async def test_a_5xx_from_a_server_that_died_is_not_charged_but_from_a_live_one_
             result = await d.execute(req(), stats)
         assert result.ok and fleet.asked == ["http://a/v1"]
         assert (result.attempts, stats.retries, stats.requeued) == (attempts, retries, 1 - retries)
+
+
+async def test_a_cancelled_stream_still_hands_out_the_results_already_back() -> None:
+    """Cancelled (a batch's cancel, Ctrl-C) while results wait in its queue, the stream yields
+    them before the cancellation goes on, so they are written rather than lost."""
+    never = asyncio.Event()
+
+    async def handler(method: str, path: str, body: bytes | None) -> Response:
+        if orjson.loads(body or b"{}")["prompt"] not in ("p0", "p1", "p2"):
+            await never.wait()  # in flight when the cancellation comes
+        return Response(200, OK)
+
+    class CancelOnThird(Stats):
+        def record(self, result: Result) -> None:
+            super().record(result)
+            if self.done == 3:  # before the third reaches the queue
+                consumer.cancel()
+
+    got: list[Result] = []
+
+    async def consume(d: Dispatcher) -> None:
+        async for result in d.stream((req(i, prompt=f"p{i}") for i in range(10)), CancelOnThird()):
+            got.append(result)
+
+    async with Dispatcher(MockTransport(handler), concurrency=5) as d:
+        consumer = asyncio.create_task(consume(d))
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    assert consumer.cancelled()
+    assert sorted(r.index for r in got) == [0, 1, 2]

@@ -82,8 +82,9 @@ def test_a_server_deaf_to_sigterm_is_killed_after_its_grace(
     served: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One that never answered /health has nothing to finish: the short grace; one that
-    # served: the long one.
-    monkeypatch.setattr(server_module, "STOP_GRACE_S", 2.0)
+    # served: the long one (long enough, for one that never served, that using it would show
+    # past any slowness of a loaded machine).
+    monkeypatch.setattr(server_module, "STOP_GRACE_S", 2.0 if served else 60.0)
     monkeypatch.setattr(server_module, "STARTING_STOP_GRACE_S", 0.1)
     log = tmp_path / "log"
     server = VllmServer(FakeSpec(model="deaf-ok" if served else "deaf-unhealthy"), log_path=log)
@@ -96,7 +97,8 @@ def test_a_server_deaf_to_sigterm_is_killed_after_its_grace(
     family = [p.pid for p in psutil.process_iter() if _in_group(p, server.proc.pid)]
     started = time.monotonic()
     server.stop()
-    assert (time.monotonic() - started >= 2.0) == served
+    took = time.monotonic() - started
+    assert took >= 2.0 if served else took < 30.0
     assert _descendants_gone(family)
 
 

@@ -154,6 +154,7 @@ class Dispatcher:
         With ``ordered``, at most ``reorder_window`` rows (default 4 x concurrency) may be
         finished but waiting for an older one; beyond that, sending pauses. Jobs running at
         once take turns at the window, ``weight`` rows for each one of a job of weight 1.
+        Cancelled, it still yields the results already back, then lets the cancellation go on.
         """
         self.start()
         stats = stats or Stats()
@@ -165,11 +166,20 @@ class Dispatcher:
         finished = False
         try:
             results = job.results
-            while (item := await results.get()) is not DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, Result)
-                yield item
+            try:
+                while (item := await results.get()) is not DONE:
+                    if isinstance(item, BaseException):
+                        raise item
+                    assert isinstance(item, Result)
+                    yield item
+            except asyncio.CancelledError:
+                # Results already back still reach the caller (its sink) before the
+                # cancellation goes on: nothing more is sent, and nothing is awaited meanwhile.
+                job.closed = True
+                while not results.empty():
+                    if isinstance(item := results.get_nowait(), Result):
+                        yield item
+                raise
             finished = True
         finally:
             job.closed = True
