@@ -16,6 +16,7 @@ EXPECTED = {
     "arun", "connect", "iter_results", "make_job", "run", "run_job", "stream",
     "MergeError", "MergeSummary", "merge",
     "ClientOptions", "LaunchOptions", "Options", "ResultStream", "RunView",
+    "generate", "agenerate", "RowResult",
 }  # fmt: skip
 
 

@@ -5,7 +5,7 @@ The public surface is exactly ``__all__``; the subpackages (``_input``, ``_clien
 change.
 """
 
-from ._api import arun, connect, make_job, run, stream
+from ._api import agenerate, arun, connect, generate, make_job, run, stream
 from ._client.dispatcher import Dispatcher
 from ._client.retry import RetryPolicy, StopAfterAttempt, StopAfterDelay, WaitExponentialJitter
 from ._client.stats import Stats
@@ -28,6 +28,7 @@ from ._job import Job, RunSummary
 from ._models import ErrorInfo, PreparedRequest, RequestDefaults, Result
 from ._options import Options
 from ._output.merge import MergeSummary, merge
+from ._output.rows import RowResult
 from ._progress import LogProgress, NullProgress, Progress, RichProgress, RunView
 from ._run.runner import ResultStream, iter_results, run_job
 
@@ -64,6 +65,7 @@ __all__ = [
     "ResumeError",
     "RetryPolicy",
     "RichProgress",
+    "RowResult",
     "RunSummary",
     "RunView",
     "Stats",
@@ -74,8 +76,10 @@ __all__ = [
     "VbatchError",
     "WaitExponentialJitter",
     "__version__",
+    "agenerate",
     "arun",
     "connect",
+    "generate",
     "iter_results",
     "make_job",
     "merge",

@@ -1,6 +1,8 @@
-"""The library's front door: ``run`` (sync), ``arun`` and ``stream`` (async), ``connect``.
+"""The library's front door: ``generate`` (sync) and ``agenerate`` (async) over Python data,
+``run`` (sync), ``arun`` and ``stream`` (async) over files or data, ``connect``.
 
-Each takes the input path, the output path and typed keyword options (``_options.Options``:
+Each takes the input (a path, or Python data: a list of prompts, a DataFrame, a Dataset...),
+the output path and typed keyword options (``_options.Options``:
 request defaults such as ``model`` and ``max_tokens``, where rows keep things, how the job reads
 and writes, how to talk to servers, how to start vLLM), or the option groups themselves
 (``client=ClientOptions(...)``, ``launch=LaunchOptions(...)``). Where the servers come from:
@@ -11,9 +13,10 @@ and writes, how to talk to servers, how to start vLLM), or the option groups the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._client.dispatcher import Dispatcher, dispatcher_for
@@ -25,7 +28,8 @@ from ._fleet.local import OnLaunch
 from ._job import Job, RunSummary
 from ._options import OptionGroups, split_options
 from ._options import client_options as _client_options
-from ._progress import Progress
+from ._progress import NullProgress, Progress, choose_progress
+from ._run.generate import generate as _generate
 from ._run.runner import ResultStream, run_job
 
 if TYPE_CHECKING:
@@ -33,13 +37,15 @@ if TYPE_CHECKING:
 
     from ._options import ClientKeywords, Options
 
-__all__ = ["arun", "connect", "make_job", "run", "run_sync", "stream"]
+__all__ = ["agenerate", "arun", "connect", "generate", "make_job", "run", "run_sync", "stream"]
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
+# A path, or rows as Python data (``_input/data.py`` says which kinds).
+Input = PathLike | Iterable[Any] | Any
 
 
-def make_job(input: PathLike, output: PathLike | None = None, **options: Unpack[Options]) -> Job:
+def make_job(input: Input, output: PathLike | None = None, **options: Unpack[Options]) -> Job:
     """A ``Job`` from keyword options (request defaults, fields, job settings only)."""
     groups = split_options(input, output, options)
     if groups.client != _client_options({}) or groups.launch != LaunchOptions():
@@ -91,7 +97,7 @@ def _servers(
 
 
 async def arun(
-    input: PathLike,
+    input: Input,
     output: PathLike | None = None,
     *,
     base_url: str | Sequence[str] | None = None,
@@ -122,7 +128,7 @@ async def arun(
 
 
 def stream(
-    input: PathLike,
+    input: Input,
     output: PathLike | None = None,
     *,
     base_url: str | Sequence[str] | None = None,
@@ -158,7 +164,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def run(
-    input: PathLike,
+    input: Input,
     output: PathLike | None = None,
     *,
     base_url: str | Sequence[str] | None = None,
@@ -175,3 +181,80 @@ def run(
     return run_sync(arun(input, output, base_url=base_url, ray=ray, dispatcher=dispatcher,
                          progress=progress, stop_event=stop_event, on_launch=on_launch,
                          client=client, launch=launch, **options))  # fmt: skip
+
+
+async def agenerate(
+    data: Any,
+    output: PathLike | None = None,
+    *,
+    base_url: str | Sequence[str] | None = None,
+    ray: str | None = None,
+    dispatcher: Dispatcher | None = None,
+    progress: Progress | bool = True,
+    stop_event: asyncio.Event | None = None,
+    on_launch: OnLaunch | None = None,
+    client: ClientOptions | None = None,
+    launch: LaunchOptions | None = None,
+    **options: Unpack[Options],
+) -> Any:
+    """Generate for every row of ``data`` and return the results in its shape and order.
+
+    ``data``: a list (or any iterable, a generator too) of prompt strings, message lists or
+    row dicts (the JSONL row shapes: ``prompt``, ``messages``, OpenAI Batch lines, ``input`` for
+    embeddings); a pandas or polars ``DataFrame``; a pyarrow ``Table`` or ``RecordBatchReader``;
+    a Hugging Face ``Dataset`` or ``IterableDataset``. ``prompt_field``, ``messages_field`` and
+    ``id_field`` name a frame's columns as ``vbatch run``'s flags do.
+
+    Returns a list of ``RowResult`` for a list or an iterable; for the others the same kind of
+    value with columns added: ``text``, ``finish_reason``, ``prompt_tokens``,
+    ``completion_tokens``, ``error`` (``embedding``, ``prompt_tokens``, ``error`` for
+    ``endpoint="embeddings"``); a ``RecordBatchReader`` gives a ``Table``. A row that failed
+    has its ``error`` and no text: it never raises for one row. With ``output`` (``.jsonl``, or
+    ``.parquet`` with its JSONL log beside it) every result is written as it comes, and a later
+    call with the same data sends only the rows not there yet. ``progress``: True shows it in
+    a notebook or on a terminal. Servers as for ``arun``.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        raise TypeError("generate takes rows as Python data (a list, a DataFrame, a Dataset): "
+                        "put one prompt in a list, and give a file to vbatch.run")  # fmt: skip
+    groups = split_options(data, output, options, client, launch)
+    servers = _servers(groups, base_url, ray, dispatcher)
+    shown: Progress
+    if isinstance(progress, bool):
+        shown = choose_progress(lines=False) if progress else NullProgress()
+    else:
+        shown = progress
+    return await _generate(groups.job, servers, shown, stop_event, client=groups.client,
+                           on_launch=on_launch)  # fmt: skip
+
+
+def generate(
+    data: Any,
+    output: PathLike | None = None,
+    *,
+    base_url: str | Sequence[str] | None = None,
+    ray: str | None = None,
+    dispatcher: Dispatcher | None = None,
+    progress: Progress | bool = True,
+    stop_event: asyncio.Event | None = None,
+    on_launch: OnLaunch | None = None,
+    client: ClientOptions | None = None,
+    launch: LaunchOptions | None = None,
+    **options: Unpack[Options],
+) -> Any:
+    """Synchronous ``agenerate`` (in a notebook, whose loop is running, ``await agenerate``
+    or call this: it runs on a loop of its own in a thread then)."""
+    coro = agenerate(data, output, base_url=base_url, ray=ray, dispatcher=dispatcher,
+                     progress=progress, stop_event=stop_event, on_launch=on_launch,
+                     client=client, launch=launch, **options)  # fmt: skip
+    return _run_anywhere(coro)
+
+
+def _run_anywhere(coro: Coroutine[Any, Any, T]) -> T:
+    """``run_sync``, or where a loop already runs in this thread (Jupyter's), in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run_sync(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vbatch") as pool:
+        return pool.submit(run_sync, coro).result()

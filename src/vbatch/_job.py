@@ -19,6 +19,7 @@ from ._config import (
     OverflowPolicy,
     check_choice,
 )
+from ._input.data import DataInput
 from ._input.requests import FieldMap
 from ._input.shard import Shard
 from ._models import RequestDefaults
@@ -32,7 +33,7 @@ class Job:
     """Everything that decides a job's output. Connection settings (URL, key, window) are the
     dispatcher's, so one dispatcher can serve many jobs and a job can move between servers."""
 
-    input: str
+    input: str | DataInput  # a path (or URL), or Python data (``vbatch.generate``)
     output: str | None = None
     defaults: RequestDefaults = field(default_factory=RequestDefaults)
     fields: FieldMap = field(default_factory=FieldMap)

@@ -24,6 +24,7 @@ from ._config import (
     Order,
     OverflowPolicy,
 )
+from ._input.data import data_input
 from ._input.requests import FieldMap
 from ._input.shard import Shard
 from ._job import Job
@@ -107,14 +108,14 @@ class OptionGroups:
 
 
 def split_options(
-    input: str | os.PathLike[str],
+    input: str | os.PathLike[str] | Any,
     output: str | os.PathLike[str] | None,
     options: Mapping[str, Any],
     client: ClientOptions | None = None,
     launch: LaunchOptions | None = None,
 ) -> OptionGroups:
     """File each keyword into its group (over ``client``/``launch`` when given); the API key
-    defaults to ``$OPENAI_API_KEY``."""
+    defaults to ``$OPENAI_API_KEY``. ``input`` is a path, or Python data (``_input/data.py``)."""
     unknown = set(options) - _DEFAULTS - _FIELDS - _JOB - _CLIENT - _LAUNCH
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
@@ -134,7 +135,7 @@ def split_options(
     launch = dataclasses.replace(launch or LaunchOptions(), **settings)
     return OptionGroups(
         Job(
-            input=os.fspath(input),
+            input=os.fspath(input) if isinstance(input, (str, os.PathLike)) else data_input(input),
             output=os.fspath(output) if output is not None else None,
             defaults=RequestDefaults(**defaults),
             fields=FieldMap(**{k: v for k, v in options.items() if k in _FIELDS}),

@@ -3,12 +3,14 @@
 pulls a fresh view on the display's timer.
 
 ``RichProgress`` draws a live panel on a terminal; ``LogProgress`` writes a plain line every few
-seconds (logs, CI, pipes); ``NullProgress`` is ``--quiet``.
+seconds (logs, CI, pipes); ``NotebookProgress`` updates one output of a Jupyter cell;
+``NullProgress`` is ``--quiet``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LogProgress",
+    "NotebookProgress",
     "NullProgress",
     "Progress",
     "RichProgress",
     "RunView",
     "choose_progress",
     "fleet_summary",
+    "in_notebook",
     "show_progress",
 ]
 
@@ -189,17 +193,62 @@ class LogProgress:
         pass
 
     def refresh(self, view: RunView) -> None:
-        stats = view.stats
-        line = (
-            f"vbatch: {_count(stats)} rows | {_in_flight(stats)} | "
-            f"{stats.requests_per_s:.1f} req/s | {stats.output_tokens_per_s:,.0f} tok/s | "
-            f"{stats.failed} errors | {stats.retries} retries | ETA {_duration(stats.eta_s)}"
-        )
-        server = _server(view)
-        self._write(line + (f" | {server}" if server else ""))
+        self._write(_line(view))
 
     def stop(self, view: RunView) -> None:
         self.refresh(view)
+
+
+def _line(view: RunView) -> str:
+    stats = view.stats
+    line = (
+        f"vbatch: {_count(stats)} rows | {_in_flight(stats)} | "
+        f"{stats.requests_per_s:.1f} req/s | {stats.output_tokens_per_s:,.0f} tok/s | "
+        f"{stats.failed} errors | {stats.retries} retries | ETA {_duration(stats.eta_s)}"
+    )
+    server = _server(view)
+    return line + (f" | {server}" if server else "")
+
+
+class NotebookProgress:
+    """A bar and the log line in one output of a Jupyter cell, updated in place (IPython's
+    display ids: no widgets to install, no terminal escape codes in the notebook)."""
+
+    interval_s = 0.5
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+
+    def _shown(self, view: RunView) -> dict[str, str]:
+        stats = view.stats
+        done = stats.skipped + stats.done
+        bar = (f'<progress value="{done}" max="{stats.total}" style="width:20em"></progress> '
+               if stats.total else "")  # fmt: skip
+        text = html.escape(_line(view))
+        return {"text/plain": _line(view), "text/html": f"<div>{bar}<code>{text}</code></div>"}
+
+    def start(self, view: RunView) -> None:
+        from IPython.display import display
+
+        self._handle = display(self._shown(view), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+
+    def refresh(self, view: RunView) -> None:
+        if self._handle is not None:
+            self._handle.update(self._shown(view), raw=True)
+
+    def stop(self, view: RunView) -> None:
+        self.refresh(view)
+        self._handle = None
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython's kernel shell, loaded already)."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    get = getattr(shell, "get_ipython", None)
+    found = get() if get is not None else None
+    return type(found).__name__ == "ZMQInteractiveShell"
 
 
 class RichProgress:
@@ -251,11 +300,16 @@ class RichProgress:
             self._live = None
 
 
-def choose_progress(quiet: bool = False, stream: IO[str] | None = None) -> Progress:
-    """Rich on a terminal, plain log lines otherwise, nothing with ``quiet``."""
+def choose_progress(
+    quiet: bool = False, stream: IO[str] | None = None, lines: bool = True
+) -> Progress:
+    """In a notebook its own display, Rich on a terminal, plain log lines otherwise (none
+    without ``lines``), nothing with ``quiet``."""
     if quiet:
         return NullProgress()
+    if in_notebook():
+        return NotebookProgress()
     stream = stream or sys.stderr
     if stream.isatty():
         return RichProgress(Console(file=stream))
-    return LogProgress(stream)
+    return LogProgress(stream) if lines else NullProgress()

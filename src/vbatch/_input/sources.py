@@ -1,7 +1,8 @@
-"""Input readers: stream rows from JSONL, CSV or Parquet without holding the file in memory.
+"""Input readers: stream rows from JSONL, CSV or Parquet without holding the file in memory
+(Python data, a list or a DataFrame, is ``data.py``'s source of the same kind).
 
 A source yields ``RawRow(index, line, data)``: ``index`` counts rows from 0, ``line`` is what error
-messages cite (the file's line for JSONL and CSV, the 1-based row number for Parquet).
+messages cite (the file's line for JSONL and CSV, the 1-based row number for Parquet and data).
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import orjson
 from .._config import InputFormat
 from .._errors import InputError
 
-__all__ = ["Digest", "RawRow", "Source", "detect_format", "file_digest", "open_source"]
+__all__ = [
+    "Digest",
+    "FileSource",
+    "RawRow",
+    "Source",
+    "detect_format",
+    "file_digest",
+    "open_source",
+]
 
 
 class Digest(Protocol):
@@ -82,6 +91,34 @@ def detect_format(path: str, fmt: InputFormat = "auto") -> str:
 
 
 class Source:
+    """Where rows come from. ``path`` names it in messages; ``rows()`` streams it from the start
+    again on each call, except for a ``one_pass`` source (a generator), which the run reads
+    once, as it sends."""
+
+    path: str
+    format: str
+    one_pass: bool = False
+
+    def rows(
+        self,
+        pending: np.ndarray | None = None,
+        digest: Digest | None = None,
+        limit: int | None = None,
+        on_bad_line: Callable[[InputError], None] | None = None,
+    ) -> Iterator[RawRow]:
+        raise NotImplementedError
+
+    @property
+    def reads_digest(self) -> bool:
+        """Whether ``rows(digest=...)`` feeds the digest; else ``digest()`` reads it apart."""
+        return False
+
+    def digest(self) -> str:
+        """The input's identity for resuming: a changed input must not resume (one pass)."""
+        raise NotImplementedError
+
+
+class FileSource(Source):
     """A re-readable input file. Each ``rows()`` call streams it again from the start."""
 
     def __init__(self, path: str, fmt: str) -> None:
@@ -114,8 +151,10 @@ class Source:
 
     @property
     def reads_digest(self) -> bool:
-        """Whether ``rows(digest=...)`` feeds the digest (JSONL); else ``file_digest`` it."""
         return self.format == "jsonl"
+
+    def digest(self) -> str:
+        return file_digest(self.path)
 
     def _jsonl(
         self,
@@ -214,4 +253,4 @@ def open_source(path: str, fmt: InputFormat = "auto") -> Source:
         raise InputError(path, None, "no such file")
     if not os.access(path, os.R_OK):
         raise InputError(path, None, "file is not readable")
-    return Source(path, detected)
+    return FileSource(path, detected)

@@ -90,7 +90,7 @@ async def upload(path: str, url: str) -> None:
 async def localize(job: Job) -> tuple[Job, str | None]:
     """``job`` with local files for its URLs (the input fetched), and the URL its output goes to
     once the job ends (None: a local output)."""
-    if is_url(job.input):
+    if isinstance(job.input, str) and is_url(job.input):
         job = dataclasses.replace(job, input=str(await fetch(job.input)))
     send_to = job.output if is_url(job.output) else None
     if send_to is not None:

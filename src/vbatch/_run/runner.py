@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .._client.dispatcher import Dispatcher, DispatcherSnapshot
@@ -97,8 +97,10 @@ async def run_job(
     *,
     client: ClientOptions | None = None,
     on_launch: OnLaunch | None = None,
+    on_result: Callable[[Result], None] | None = None,
 ) -> RunSummary:
-    """Run ``job`` to the end, showing progress.
+    """Run ``job`` to the end, showing progress; ``on_result`` sees each result once it is
+    written.
 
     Setting ``stop`` (the CLI does on Ctrl-C) cancels the run: results already received are
     written, in-flight ones dropped, servers it started are stopped, and the summary says
@@ -107,7 +109,8 @@ async def run_job(
     ended, not when it was interrupted (``remote.py``).
     """
     job, send_to = await localize(job)
-    summary = await _run_local(job, servers, progress, stop, client=client, on_launch=on_launch)
+    summary = await _run_local(job, servers, progress, stop, client=client, on_launch=on_launch,
+                               on_result=on_result)  # fmt: skip
     if send_to is not None and not summary.interrupted:
         assert job.output is not None
         await upload(job.output, send_to)
@@ -123,6 +126,7 @@ async def _run_local(
     *,
     client: ClientOptions | None,
     on_launch: OnLaunch | None,
+    on_result: Callable[[Result], None] | None,
 ) -> RunSummary:
     progress = progress or NullProgress()
     stats = Stats()
@@ -142,8 +146,9 @@ async def _run_local(
             try:
                 async with stream:
                     try:
-                        async for _ in stream:
-                            pass
+                        async for result in stream:
+                            if on_result is not None:
+                                on_result(result)
                     finally:
                         last = stream.snapshot()  # the window's and the servers' side, at the end
             finally:

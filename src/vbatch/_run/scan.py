@@ -20,7 +20,7 @@ from .._engine import sizing as _sizing
 from .._engine.sizing import InputMeasure, measure_requests
 from .._input.ids import DigestList
 from .._input.requests import RequestBuilder
-from .._input.sources import Source, file_digest, finish_digest, new_digest
+from .._input.sources import Source, finish_digest, new_digest
 from .._input.validate import InputIndex, index_of, iter_validated
 from .._models import PreparedRequest
 
@@ -76,7 +76,7 @@ def scan(
     index = index_of(source, builder, ids) if validate else None
     name = None
     if digest:
-        name = finish_digest(hasher) if hasher is not None else file_digest(source.path)
+        name = finish_digest(hasher) if hasher is not None else source.digest()
     return Scanned(index, name, measure)
 
 

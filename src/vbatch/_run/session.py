@@ -9,6 +9,9 @@
 4. **re-plan** – only if the scan found a row the first plan cannot hold (``servers.py``).
 5. **send** – once the scan passed and a server is up (``send.py``).
 
+An input read once (a generator: ``_input/data.py``) has no scan: its first rows plan the
+servers and name it, and each row is checked as it is sent (``_send_once``).
+
 Everything the run starts lives in one task group and one exit stack: leaving the block, however
 it is left (the end, an error, a ``break``, a cancellation), stops the servers it started,
 closes the pool and lets go of the output's lock.
@@ -24,15 +27,19 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .._client.dispatcher import Dispatcher, DispatcherSnapshot
 from .._client.stats import Stats
 from .._config import ClientOptions
-from .._errors import TransportError
+from .._engine import sizing as _sizing
+from .._engine.sizing import measure_requests
+from .._errors import ResumeError, TransportError
 from .._fleet.factory import FleetTarget
 from .._fleet.local import OnLaunch
+from .._input.data import DataInput, DataSource
 from .._input.requests import RequestBuilder
-from .._input.sources import Source, file_digest, open_source
+from .._input.sources import Source, finish_digest, new_digest, open_source
 from .._input.validate import InputIndex
 from .._job import Job
 from .._models import RequestDefaults, Result
@@ -77,7 +84,7 @@ async def open_run(
     """``job``'s results, as they are written, within the block. ``servers``: a dispatcher
     someone keeps, or where to find or start servers for this run."""
     stats = stats or Stats()
-    source = open_source(job.input, job.input_format)  # a missing input: before anything else
+    source = _open_input(job)  # a missing input: before anything else
     if writer is None and job.output is not None:
         writer = JsonlResultWriter(job.output, job.include_response)
     async with contextlib.AsyncExitStack() as stack:
@@ -94,6 +101,11 @@ async def open_run(
                 model = await side.model_name()
                 defaults = dataclasses.replace(job.defaults, model=model)
                 job = dataclasses.replace(job, defaults=defaults)
+            if source.one_pass:
+                async with _send_once(job, source, side, writer, stats, on_ready, weight,
+                                      group) as once:  # fmt: skip
+                    yield once
+                return
             resumption = None
             if writer is not None:
                 resumption = await _decide(job, source, writer, side)
@@ -133,6 +145,66 @@ async def open_run(
                     flusher.cancel()
 
 
+def _open_input(job: Job) -> Source:
+    if isinstance(job.input, DataInput):
+        fields = job.fields
+        return DataSource(job.input, fields.prompt_field, fields.messages_field)
+    return open_source(job.input, job.input_format)
+
+
+@contextlib.asynccontextmanager
+async def _send_once(
+    job: Job,
+    source: Source,
+    side: RunServers,
+    writer: ResultWriter | None,
+    stats: Stats,
+    on_ready: OnReady | None,
+    weight: float,
+    group: asyncio.TaskGroup,
+) -> AsyncIterator[RunResults]:
+    """An input read once: no resuming (which of its rows are done cannot be told); its first
+    rows plan the servers and name it in the output's fingerprint; a bad row later ends the
+    run there, after what was sent before it."""
+    assert isinstance(source, DataSource)
+    if writer is not None and not job.overwrite and writer.holds_results():
+        raise ResumeError(f"{writer.name} holds results, and {source.path} can be read only "
+                          "once, so which of its rows are done cannot be told: pass "
+                          "overwrite=True to start again, or give a list, a DataFrame or a "
+                          "Dataset, which resume")  # fmt: skip
+    head = source.head(_sizing.SAMPLE_ROWS)
+    builder = _scan_builder(job, source, side)
+    requests = [builder.build(row) for row in head]  # a bad first row: before any is sent
+    if side.launches and side.target is not None:
+        folder = (await asyncio.to_thread(side.model_files)).folder
+        measure = await asyncio.to_thread(measure_requests, requests, folder,
+                                          job.defaults.max_tokens)  # fmt: skip
+        measure = dataclasses.replace(measure, complete=False)
+        side.on_sample(measure)
+        side.scanned(measure)
+    builder = await _send_builder(job, source, builder, side)
+    if writer is not None:
+        hasher = new_digest()
+        for request in requests:
+            hasher.update(orjson.dumps(request.body, option=orjson.OPT_SORT_KEYS))
+        parts = job.fingerprint_parts(builder.defaults, f"once:{finish_digest(hasher)}")
+        index = InputIndex(0, bool(builder.batch_lines), np.zeros(0, np.uint64))
+        start_output(writer, parts, index, fresh=True)
+        writer.open(index.batch_lines)
+    dispatcher = await side.dispatcher()
+    stats.total = None
+    if on_ready is not None:
+        on_ready(stats, OutputState())
+    flusher = group.create_task(flush_periodically(writer)) if writer else None
+    sent = send(job, dispatcher, builder, source, None, writer, stats, weight)
+    try:
+        yield RunResults(sent, dispatcher)
+    finally:
+        await sent.aclose()
+        if flusher is not None:
+            flusher.cancel()
+
+
 async def _decide(
     job: Job, source: Source, writer: ResultWriter, side: RunServers
 ) -> Resumption | None:
@@ -143,7 +215,7 @@ async def _decide(
         defaults = await _default_model(defaults, side)
 
     def parts() -> dict[str, Any]:
-        return job.fingerprint_parts(defaults, file_digest(source.path))
+        return job.fingerprint_parts(defaults, source.digest())
 
     return await asyncio.to_thread(decide_resume, writer, parts, overwrite=job.overwrite,
                                    retry_failed=job.retry_failed, force=job.force)  # fmt: skip

@@ -1,0 +1,100 @@
+"""One row's outcome as ``vbatch.generate`` returns it: the same from a ``Result`` just received
+and from a line an earlier run wrote (a resumed job's finished rows come back from its output).
+Its fields are the columns ``generate`` adds to a frame, a table or a dataset (``shape.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .._batchline import is_output_line, output_line_status
+from .._input.ids import id_key
+from .._models import Result
+
+__all__ = ["RowResult", "read_rows"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """A row's text (a list of them for ``n`` > 1) and why it ended, its token counts, or why it
+    failed (``error``: ``"code: message"``, the text then None); ``embedding`` for an
+    embeddings job (a list of vectors where the row's input was a list)."""
+
+    id: str | int
+    text: Any = None
+    finish_reason: Any = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    embedding: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def from_result(cls, result: Result) -> RowResult:
+        if result.error is not None:
+            return cls(result.id, error=f"{result.error.code}: {result.error.message}")
+        return cls._from_body(result.id, result.body or {})
+
+    @classmethod
+    def from_line(cls, line: dict[str, Any]) -> RowResult:
+        """From an output line: vbatch's record, or an OpenAI Batch output line."""
+        if is_output_line(line):
+            row_id, ok = output_line_status(line)
+            response = line.get("response") or {}
+            if ok:
+                return cls._from_body(row_id, response.get("body") or {})
+            error = line.get("error") or _body_error(response)
+            return cls(row_id, error=f"{error.get('code')}: {error.get('message')}")
+        if line.get("error") is not None:
+            error = line["error"]
+            return cls(line["id"], error=f"{error.get('code')}: {error.get('message')}")
+        usage = line.get("usage") or {}
+        return cls(line["id"], line.get("text"), line.get("finish_reason"),
+                   int(usage.get("prompt_tokens") or 0),
+                   int(usage.get("completion_tokens") or 0), None,
+                   line.get("embedding"))  # fmt: skip
+
+    @classmethod
+    def _from_body(cls, row_id: str | int, body: dict[str, Any]) -> RowResult:
+        usage = body.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        if "data" in body and "choices" not in body:  # embeddings
+            data = sorted(body["data"], key=lambda d: d.get("index", 0))
+            vectors = [d.get("embedding") for d in data]
+            embedding = vectors[0] if len(vectors) == 1 else vectors
+            return cls(row_id, prompt_tokens=prompt, embedding=embedding)
+        choices = sorted(body.get("choices") or (), key=lambda c: c.get("index", 0))
+        texts = [(c.get("message") or {}).get("content") if "message" in c else c.get("text")
+                 for c in choices]  # fmt: skip
+        reasons = [c.get("finish_reason") for c in choices]
+        one = len(choices) == 1
+        return cls(row_id, texts[0] if one else texts, reasons[0] if one else reasons,
+                   prompt, completion)  # fmt: skip
+
+
+def _body_error(response: dict[str, Any]) -> dict[str, Any]:
+    body = response.get("body") or {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return {"code": error.get("code") or error.get("type"), "message": error.get("message")}
+    return {"code": f"http_{response.get('status_code')}", "message": str(body)[:500]}
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[bytes, RowResult]]:
+    """(id key, row) of every whole line of an output file (``id_key``: 5 and "5" are one)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line: the run that resumed it wrote the row again
+            row = RowResult.from_line(line)
+            yield id_key(row.id), row

@@ -1,0 +1,87 @@
+"""``generate``'s results in the shape of its input: a list for a list (or any iterable), the
+same kind of frame, table or dataset with the result columns added for the others. The input is
+not changed: pandas and polars share its columns with the new frame, Arrow and datasets append
+to its table without copying it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._input.data import DataInput
+from .rows import RowResult
+
+__all__ = ["COLUMNS", "EMBEDDING_COLUMNS", "result_columns", "shaped"]
+
+COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+EMBEDDING_COLUMNS = ("embedding", "prompt_tokens", "error")
+
+
+def result_columns(embeddings: bool) -> tuple[str, ...]:
+    return EMBEDDING_COLUMNS if embeddings else COLUMNS
+
+
+def _columns(rows: Sequence[RowResult], embeddings: bool) -> dict[str, list[Any]]:
+    columns = {name: [getattr(r, name) for r in rows] for name in result_columns(embeddings)}
+    for name in ("text", "finish_reason"):
+        values = columns.get(name)
+        if values is not None and any(isinstance(v, list) for v in values):
+            # n > 1 somewhere: a list in every row, so that the column has one type.
+            columns[name] = [v if isinstance(v, list) or v is None else [v] for v in values]
+    return columns
+
+
+def shaped(given: DataInput, rows: list[RowResult], embeddings: bool) -> Any:
+    kind, data = given.kind, given.data
+    if kind in ("list", "iterable"):
+        return rows
+    columns = _columns(rows, embeddings)
+    if kind == "pandas":
+        import pandas as pd
+
+        return data.assign(**{n: pd.Series(v, index=data.index, dtype=_pandas_dtype(n, v))
+                              for n, v in columns.items()})  # fmt: skip
+    if kind == "polars":
+        import polars as pl
+
+        added = pl.from_arrow(_arrow(columns))
+        assert isinstance(added, pl.DataFrame)
+        return data.hstack(added)
+    if kind in ("arrow", "reader"):
+        import pyarrow as pa
+
+        table = data if kind == "arrow" else pa.Table.from_batches(given.batches, data.schema)
+        for name, array in zip(columns, _arrow(columns).columns, strict=True):
+            table = table.append_column(name, array)
+        return table
+    if kind == "dataset":
+        import datasets
+        from datasets.table import InMemoryTable
+
+        added = datasets.Dataset(InMemoryTable(_arrow(columns)))
+        return datasets.concatenate_datasets([data, added], axis=1)
+
+    def add(row: dict[str, Any], index: int) -> dict[str, Any]:
+        return {name: values[index] for name, values in columns.items()}
+
+    return data.map(add, with_indices=True)  # an IterableDataset: read again, results added
+
+
+def _arrow(columns: dict[str, list[Any]]) -> Any:
+    """The result columns as an Arrow table, typed whatever their values (all None included)."""
+    import pyarrow as pa
+
+    text = pa.string()
+    types = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "error": text}
+    for name in ("text", "finish_reason"):
+        if name in columns:
+            lists = any(isinstance(v, list) for v in columns[name])
+            types[name] = pa.list_(text) if lists else text
+    arrays = {n: pa.array(v, type=types.get(n)) for n, v in columns.items()}
+    return pa.table(arrays)
+
+
+def _pandas_dtype(name: str, values: list[Any]) -> str | None:
+    if name in ("prompt_tokens", "completion_tokens"):
+        return "int64"
+    return "object" if any(isinstance(v, list) for v in values) else None

@@ -1,0 +1,86 @@
+"""``generate``: a job over Python data, its results gathered by row and handed back in the
+data's shape (``_output/shape.py``). With an output file, every result is also written there as
+it comes (crash-safe, as ``vbatch run`` writes), and a second call with the same data sends only
+the rows still missing: the others are read back from the file."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .._client.dispatcher import Dispatcher
+from .._config import ClientOptions
+from .._fleet.factory import FleetTarget
+from .._fleet.local import OnLaunch
+from .._input.data import DataInput, DataSource, check_no_clash
+from .._input.ids import id_key
+from .._input.sources import RawRow
+from .._job import Job
+from .._models import Result
+from .._output.parquet import write_parquet
+from .._output.rows import RowResult, read_rows
+from .._output.shape import result_columns, shaped
+from .._progress import Progress
+from .runner import run_job
+
+__all__ = ["PARQUET_LOG", "generate"]
+
+# An output ending in .parquet is written at the end from a JSONL log kept beside it, which is
+# what a later call resumes from.
+PARQUET_LOG = ".jsonl"
+
+
+async def generate(
+    job: Job,
+    servers: FleetTarget | Dispatcher,
+    progress: Progress | None,
+    stop: asyncio.Event | None,
+    *,
+    client: ClientOptions | None,
+    on_launch: OnLaunch | None,
+) -> Any:
+    given = job.input
+    assert isinstance(given, DataInput)
+    embeddings = job.endpoint == "embeddings"
+    check_no_clash(given, result_columns(embeddings))  # before anything is sent
+    parquet = None
+    if job.output is not None and job.output.endswith(".parquet"):
+        parquet, job = job.output, dataclasses.replace(job, output=job.output + PARQUET_LOG)
+    rows: list[RowResult | None] = [] if given.one_pass else [None] * len(given)
+
+    def keep(result: Result) -> None:
+        if result.index >= len(rows):  # one pass: the rows' number is not known before
+            rows.extend([None] * (result.index + 1 - len(rows)))
+        rows[result.index] = RowResult.from_result(result)
+
+    summary = await run_job(job, servers, progress, stop, client=client, on_launch=on_launch,
+                            on_result=keep)  # fmt: skip
+    if job.output is not None and any(r is None for r in rows):
+        await asyncio.to_thread(_read_back, job, given, rows)
+    if parquet is not None and job.output is not None and not summary.interrupted:
+        await asyncio.to_thread(write_parquet, job.output, parquet)
+    done = [r if r is not None else RowResult(i + 1, error="not_run: the run was stopped first")
+            for i, r in enumerate(rows)]  # fmt: skip
+    return shaped(given, done, embeddings)
+
+
+def _read_back(job: Job, given: DataInput, rows: list[RowResult | None]) -> None:
+    """The rows an earlier run finished, from the output it wrote, by their ids."""
+    assert job.output is not None
+    written = dict(read_rows(job.output))
+    missing = np.fromiter((r is None for r in rows), dtype=bool, count=len(rows))
+    source = DataSource(given, job.fields.prompt_field, job.fields.messages_field)
+    for raw in source.rows(pending=missing, on_bad_line=lambda _: None):
+        rows[raw.index] = written.get(id_key(_row_id(raw, job.fields.id_field)))
+
+
+def _row_id(row: RawRow, id_field: str | None) -> Any:
+    """The id a row's result was written under (as the request builder gives it)."""
+    data = row.data
+    if id_field is None and "custom_id" in data and "body" in data:
+        return data["custom_id"]
+    value = data.get(id_field or "id")
+    return row.line if value is None else value
