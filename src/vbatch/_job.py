@@ -46,6 +46,7 @@ class Job:
     force: bool = False
     include_response: bool = False
     shard: Shard | None = None  # only the rows of this shard (an array job's part)
+    split: str | None = None  # a dataset's split (a Hub dataset, a saved DatasetDict)
 
     def __post_init__(self) -> None:
         check_choice("input_format", self.input_format, INPUT_FORMATS)

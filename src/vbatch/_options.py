@@ -24,7 +24,9 @@ from ._config import (
     Order,
     OverflowPolicy,
 )
-from ._input.data import data_input
+from ._errors import ConfigError
+from ._input.data import DataInput, data_input
+from ._input.hub import is_dataset, open_dataset
 from ._input.requests import FieldMap
 from ._input.shard import Shard
 from ._job import Job
@@ -71,6 +73,7 @@ class Options(ClientKeywords, total=False):
     force: bool
     include_response: bool
     shard: Shard | str | tuple[int, int] | None
+    split: str | None
     # LaunchOptions
     max_model_len: int | None
     max_num_seqs: int | None
@@ -135,7 +138,7 @@ def split_options(
     launch = dataclasses.replace(launch or LaunchOptions(), **settings)
     return OptionGroups(
         Job(
-            input=os.fspath(input) if isinstance(input, (str, os.PathLike)) else data_input(input),
+            input=_input(input, job.get("split")),
             output=os.fspath(output) if output is not None else None,
             defaults=RequestDefaults(**defaults),
             fields=FieldMap(**{k: v for k, v in options.items() if k in _FIELDS}),
@@ -144,6 +147,17 @@ def split_options(
         client,
         launch,
     )
+
+
+def _input(given: Any, split: str | None) -> str | DataInput:
+    """A path stays a path; a dataset's path or Hub name, and Python data, are data."""
+    path = os.fspath(given) if isinstance(given, (str, os.PathLike)) else None
+    if path is not None and is_dataset(path):
+        return open_dataset(path, split)
+    if split is not None:
+        raise ConfigError("split applies to a dataset (hf://datasets/NAME, or a folder written "
+                          "by save_to_disk)")  # fmt: skip
+    return path if path is not None else data_input(given)
 
 
 def client_options(

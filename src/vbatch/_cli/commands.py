@@ -93,7 +93,7 @@ def cli() -> None:
 
 
 @cli.command("run")
-@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.argument("input_path", metavar="INPUT")
 @click.option(
     "-o",
     "--output",
@@ -128,7 +128,9 @@ def run_command(
     resume: bool,
     **options: Any,
 ) -> None:
-    """Send every row of INPUT (JSONL, CSV or Parquet) and write one result per row.
+    """Send every row of INPUT (JSONL, CSV or Parquet; a folder written by a Hugging Face
+    Dataset's save_to_disk; hf://datasets/NAME from the datasets cache, with --split) and write
+    one result per row.
 
     \b
     Input rows (JSONL), detected per file:

@@ -118,6 +118,9 @@ input_options = _group([
     click.option("--template", metavar="TEXT",
                  help="Build the prompt from columns with a Python format string, e.g. "
                       "'Translate to French: {text}'."),
+    click.option("--split", metavar="NAME",
+                 help="The split of a dataset INPUT (hf://datasets/NAME, or a folder written "
+                      "by save_to_disk) that has several."),
     click.option("--shard", callback=_shard, metavar="I/N",
                  help="Run only shard I (from 0) of N: the rows whose id hashes there, into "
                       "this run's own output (resumable on its own). For array jobs (Slurm, "
