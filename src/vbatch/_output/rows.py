@@ -5,17 +5,18 @@ Its fields are the columns ``generate`` adds to a frame, a table or a dataset (`
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from .._batchline import is_output_line, output_line_status
 from .._input.ids import id_key
 from .._models import Result
 
-__all__ = ["RowResult", "read_rows"]
+__all__ = ["FIELDS", "ResultColumns", "RowResult", "read_rows"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +72,69 @@ class RowResult:
             vectors = [d.get("embedding") for d in data]
             embedding = vectors[0] if len(vectors) == 1 else vectors
             return cls(row_id, prompt_tokens=prompt, embedding=embedding)
-        choices = sorted(body.get("choices") or (), key=lambda c: c.get("index", 0))
+        choices = body.get("choices") or ()
+        if len(choices) > 1:
+            choices = sorted(choices, key=lambda c: c.get("index", 0))
         texts = [(c.get("message") or {}).get("content") if "message" in c else c.get("text")
                  for c in choices]  # fmt: skip
         reasons = [c.get("finish_reason") for c in choices]
         one = len(choices) == 1
         return cls(row_id, texts[0] if one else texts, reasons[0] if one else reasons,
                    prompt, completion)  # fmt: skip
+
+
+FIELDS = tuple(f.name for f in fields(RowResult))
+
+
+class ResultColumns:
+    """Results by row position, one array per field: numpy arrays, which the garbage collector
+    does not walk (a million ``RowResult`` objects, or lists of a million values, it walks at
+    every full collection: ~10% of a million-row ``generate``, docs/benchmarks.md §1).
+    ``size`` None: the rows' number is learnt as they come (an input read once)."""
+
+    _INTS = ("prompt_tokens", "completion_tokens")
+
+    def __init__(self, size: int | None) -> None:
+        self._size = size or 0
+        self._grows = size is None
+        self._arrays = {name: self._empty(name, max(self._size, 1024 if self._grows else 0))
+                        for name in FIELDS}  # fmt: skip
+        self._filled = np.zeros(len(self._arrays["id"]), dtype=bool)
+
+    def _empty(self, name: str, size: int) -> np.ndarray:
+        return np.zeros(size, np.int64) if name in self._INTS else np.full(size, None, object)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def put(self, index: int, row: RowResult) -> None:
+        if index >= self._size:
+            if not self._grows:
+                raise IndexError(index)
+            self._size = index + 1
+            if self._size > len(self._filled):
+                capacity = max(2 * len(self._filled), self._size)
+                for name, array in self._arrays.items():
+                    grown = self._empty(name, capacity)
+                    grown[: len(array)] = array
+                    self._arrays[name] = grown
+                filled = np.zeros(capacity, dtype=bool)
+                filled[: len(self._filled)] = self._filled
+                self._filled = filled
+        for name, array in self._arrays.items():
+            array[index] = getattr(row, name)
+        self._filled[index] = True
+
+    def missing(self) -> np.ndarray:
+        """True for each row without a result yet."""
+        return ~self._filled[: self._size]
+
+    def values(self, name: str) -> list[Any]:
+        return list(self._arrays[name][: self._size].tolist())
+
+    def rows(self) -> list[RowResult]:
+        columns = [self.values(name) for name in FIELDS]
+        return [RowResult(*values) for values in zip(*columns, strict=True)]
 
 
 def _body_error(response: dict[str, Any]) -> dict[str, Any]:

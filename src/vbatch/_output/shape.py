@@ -5,11 +5,10 @@ to its table without copying it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from .._input.data import DataInput
-from .rows import RowResult
+from .rows import ResultColumns
 
 __all__ = ["COLUMNS", "EMBEDDING_COLUMNS", "result_columns", "shaped"]
 
@@ -21,8 +20,8 @@ def result_columns(embeddings: bool) -> tuple[str, ...]:
     return EMBEDDING_COLUMNS if embeddings else COLUMNS
 
 
-def _columns(rows: Sequence[RowResult], embeddings: bool) -> dict[str, list[Any]]:
-    columns = {name: [getattr(r, name) for r in rows] for name in result_columns(embeddings)}
+def _columns(results: ResultColumns, embeddings: bool) -> dict[str, list[Any]]:
+    columns = {name: results.values(name) for name in result_columns(embeddings)}
     for name in ("text", "finish_reason"):
         values = columns.get(name)
         if values is not None and any(isinstance(v, list) for v in values):
@@ -31,11 +30,11 @@ def _columns(rows: Sequence[RowResult], embeddings: bool) -> dict[str, list[Any]
     return columns
 
 
-def shaped(given: DataInput, rows: list[RowResult], embeddings: bool) -> Any:
+def shaped(given: DataInput, results: ResultColumns, embeddings: bool) -> Any:
     kind, data = given.kind, given.data
     if kind in ("list", "iterable"):
-        return rows
-    columns = _columns(rows, embeddings)
+        return results.rows()
+    columns = _columns(results, embeddings)
     if kind == "pandas":
         import pandas as pd
 

@@ -21,7 +21,7 @@ from .._input.sources import RawRow
 from .._job import Job
 from .._models import Result
 from .._output.parquet import write_parquet
-from .._output.rows import RowResult, read_rows
+from .._output.rows import ResultColumns, RowResult, read_rows
 from .._output.shape import result_columns, shaped
 from .._progress import Progress
 from .runner import run_job
@@ -49,32 +49,33 @@ async def generate(
     parquet = None
     if job.output is not None and job.output.endswith(".parquet"):
         parquet, job = job.output, dataclasses.replace(job, output=job.output + PARQUET_LOG)
-    rows: list[RowResult | None] = [] if given.one_pass else [None] * len(given)
+    results = ResultColumns(None if given.one_pass else len(given))
 
     def keep(result: Result) -> None:
-        if result.index >= len(rows):  # one pass: the rows' number is not known before
-            rows.extend([None] * (result.index + 1 - len(rows)))
-        rows[result.index] = RowResult.from_result(result)
+        results.put(result.index, RowResult.from_result(result))
 
     summary = await run_job(job, servers, progress, stop, client=client, on_launch=on_launch,
                             on_result=keep)  # fmt: skip
-    if job.output is not None and any(r is None for r in rows):
-        await asyncio.to_thread(_read_back, job, given, rows)
+    missing = results.missing()
+    if job.output is not None and missing.any():
+        await asyncio.to_thread(_read_back, job, given, results, missing)
+        missing = results.missing()
+    for index in np.flatnonzero(missing):  # a run stopped early (stop_event)
+        results.put(int(index), RowResult(int(index) + 1, error="not_run: the run stopped first"))
     if parquet is not None and job.output is not None and not summary.interrupted:
         await asyncio.to_thread(write_parquet, job.output, parquet)
-    done = [r if r is not None else RowResult(i + 1, error="not_run: the run was stopped first")
-            for i, r in enumerate(rows)]  # fmt: skip
-    return shaped(given, done, embeddings)
+    return shaped(given, results, embeddings)
 
 
-def _read_back(job: Job, given: DataInput, rows: list[RowResult | None]) -> None:
+def _read_back(job: Job, given: DataInput, results: ResultColumns, missing: np.ndarray) -> None:
     """The rows an earlier run finished, from the output it wrote, by their ids."""
     assert job.output is not None
     written = dict(read_rows(job.output))
-    missing = np.fromiter((r is None for r in rows), dtype=bool, count=len(rows))
     source = DataSource(given, job.fields.prompt_field, job.fields.messages_field)
     for raw in source.rows(pending=missing, on_bad_line=lambda _: None):
-        rows[raw.index] = written.get(id_key(_row_id(raw, job.fields.id_field)))
+        row = written.get(id_key(_row_id(raw, job.fields.id_field)))
+        if row is not None:
+            results.put(raw.index, row)
 
 
 def _row_id(row: RawRow, id_field: str | None) -> Any:
