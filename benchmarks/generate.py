@@ -35,7 +35,8 @@ CASES = "input-list,input-frame,run-file,gen-list,gen-frame,gen-frame-out"
 # The child: builds the input, then times the call. argv: case n url concurrency folder
 CHILD = r"""
 import json, sys, time
-case, n, url, conc, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+case, n, url, conc, folder = sys.argv[1:6]
+n, conc = int(n), int(conc)
 import vbatch
 prompts = [f"Write about the number {i}. " * 8 for i in range(n)]
 opts = dict(base_url=url, model="smol", max_tokens=16, concurrency=conc)
