@@ -3,7 +3,8 @@
 The fake vLLM server (tests/fakeserver.py, no latency: the client's own cost is what shows) runs
 pinned to CPU 1; each case is a fresh Python process pinned to CPU 0, timed around the library
 call only (the input built first, as a user's program has it), its peak RSS from /usr/bin/time.
-Cases:
+Memory: the peak RSS of the whole process, and from inside it the RSS just before the call
+(the input built), the peak before it (building the input) and after it. Cases:
   run-file        vbatch.run("rows.jsonl", "out.jsonl")    (validation, output, resume state)
   gen-list        vbatch.generate(list of N prompt strings)
   gen-frame       vbatch.generate(pandas DataFrame of N rows, a "prompt" column)
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,11 @@ if case.endswith("frame") or case.endswith("frame-out"):
     del prompts
 else:
     data = prompts
+import resource
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+before, peak_before = rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 if case.startswith("input-"):
     rows = n
@@ -59,7 +66,10 @@ else:
     out = vbatch.generate(data, progress=False, **opts)
     rows = sum(1 for r in out.itertuples() if r.error is None) if case == "gen-frame" else (
         sum(1 for r in out if r.ok))
-print(json.dumps({"call_s": round(time.perf_counter() - t0, 2), "rows_ok": rows}))
+call_s = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"call_s": round(call_s, 2), "rows_ok": rows, "rss_before_mb": round(before, 1),
+                  "peak_before_mb": round(peak_before, 1), "peak_after_mb": round(peak, 1)}))
 """
 
 
@@ -81,9 +91,20 @@ def measure(case: str, n: int, url: str, conc: int, folder: Path) -> dict[str, A
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["rows_ok"] == n, result
     call = result["call_s"]
-    return {"process_s": round(wall, 2), "call_s": call,
+    memory = {k: result[k] for k in ("rss_before_mb", "peak_before_mb", "peak_after_mb")}
+    return {"process_s": round(wall, 2), "call_s": call, **memory,
             "req_s": round(n / call, 1) if not case.startswith("input-") else None,
             "max_rss_mb": round(rss_kb / 1024, 1)}  # fmt: skip
+
+
+def reset(url: str) -> None:
+    """Empty the fake server's counters: it keeps every request's body, and a server holding
+    millions of them answers slower (its collector walks them), which the later cases paid."""
+    request = urllib.request.Request(url.removesuffix("/v1") + "/_control",
+                                     data=json.dumps({"reset": True}).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        reply.read()
 
 
 def main() -> None:
@@ -108,6 +129,7 @@ def main() -> None:
             write_rows(folder / "rows.jsonl", a.n)
             for round_ in range(a.repeat):
                 for case in a.cases.split(","):
+                    reset(url)
                     record = {"bench": "generate", "case": case, "round": round_, **meta,
                               **measure(case, a.n, url, a.concurrency, folder)}  # fmt: skip
                     print(json.dumps(record), flush=True)

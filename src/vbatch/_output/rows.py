@@ -4,6 +4,7 @@ Its fields are the columns ``generate`` adds to a frame, a table or a dataset (`
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -77,7 +78,8 @@ class RowResult:
             choices = sorted(choices, key=lambda c: c.get("index", 0))
         texts = [(c.get("message") or {}).get("content") if "message" in c else c.get("text")
                  for c in choices]  # fmt: skip
-        reasons = [c.get("finish_reason") for c in choices]
+        # A handful of values a million times: one string each ("stop", "length"), not one a row.
+        reasons = [_intern(c.get("finish_reason")) for c in choices]
         one = len(choices) == 1
         return cls(row_id, texts[0] if one else texts, reasons[0] if one else reasons,
                    prompt, completion)  # fmt: skip
@@ -135,6 +137,10 @@ class ResultColumns:
     def rows(self) -> list[RowResult]:
         columns = [self.values(name) for name in FIELDS]
         return [RowResult(*values) for values in zip(*columns, strict=True)]
+
+
+def _intern(value: Any) -> Any:
+    return sys.intern(value) if isinstance(value, str) else value
 
 
 def _body_error(response: dict[str, Any]) -> dict[str, Any]:
