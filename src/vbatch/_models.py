@@ -56,6 +56,9 @@ class PreparedRequest:
     id: str | int  # the row's id as given (an int stays an int in the output)
     endpoint: str  # COMPLETIONS, CHAT or EMBEDDINGS, relative to the base URL
     body: dict[str, Any]
+    # A row found bad as it was read (an input read once has no validating pass): not sent, its
+    # result is this error.
+    refused: ErrorInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,6 +219,30 @@ def test_a_generator_into_an_output_that_holds_results_is_refused(
     assert [r.text for r in again] == texts(PROMPTS)
 
 
+def test_a_generator_s_bad_rows_are_values_too(server: FakeServer, tmp_path: Path) -> None:
+    """Read once, a generator has no validating pass: a bad row is its own error result, named
+    as the validating pass would name it, and the rows around it are sent."""
+
+    def rows() -> Iterator[Any]:
+        yield "first row"
+        yield 42  # no row at all
+        yield {"prompt": "third row"}
+        yield {"question": "no prompt"}
+        yield "fifth row"
+
+    out = tmp_path / "r.jsonl"
+    results = vbatch.generate(rows(), out, base_url=server.base_url)
+    assert [r.text for r in results] == [completion_text("first row"), None,
+                                         completion_text("third row"), None,
+                                         completion_text("fifth row")]  # fmt: skip
+    assert results[1].error == ("invalid_row: <iterable>:2: expected a prompt string, a list of "
+                                "messages or a row dict, got int")  # fmt: skip
+    assert results[3].error is not None
+    assert results[3].error.startswith("invalid_row: <iterable>:4: row has neither 'prompt'")
+    assert server.generation_requests == 3
+    assert sorted(str(r["id"]) for r in read_jsonl(out)) == ["1", "2", "3", "4", "5"]
+
+
 async def test_generate_called_where_a_loop_runs(server: FakeServer) -> None:
     """As in a notebook's cell: the sync call runs on a loop of its own, in a thread."""
     results = vbatch.generate(PROMPTS[:3], base_url=server.base_url)

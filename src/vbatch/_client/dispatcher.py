@@ -193,8 +193,13 @@ class Dispatcher:
         job = work.job
         if job.closed:
             return  # queued before its job ended: not sent, not written
+        request = work.request
         try:
-            result = await self.sender.send(work.request, job.stats, job.on_overflow)
+            if request.refused is not None:
+                result = Result(request.index, request.id, request.endpoint, None, None,
+                                request.refused, 0, 0.0)  # fmt: skip
+            else:
+                result = await self.sender.send(request, job.stats, job.on_overflow)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a fleet that gave up, or a bug: end the job with it

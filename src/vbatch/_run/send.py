@@ -4,7 +4,7 @@ before it is yielded; a job whose first replies are all the same refusal stops t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 import numpy as np
 
@@ -12,10 +12,11 @@ from .._client.dispatcher import Dispatcher
 from .._client.failfast import FailFast
 from .._client.stats import Stats
 from .._config import FAIL_FAST_REPLIES, FLUSH_INTERVAL_S
+from .._errors import InputError
 from .._input.requests import RequestBuilder
 from .._input.sources import Source
 from .._job import Job
-from .._models import Result
+from .._models import ErrorInfo, PreparedRequest, Result
 from .._output.writer import ResultWriter
 
 __all__ = ["flush_periodically", "send"]
@@ -31,7 +32,9 @@ async def send(
     stats: Stats,
     weight: float = 1.0,
 ) -> AsyncGenerator[Result]:
-    requests = (builder.build(row) for row in source.rows(pending))
+    requests = _checked(builder, source) if source.one_pass else (
+        builder.build(row) for row in source.rows(pending)
+    )
     fail_fast = FailFast(FAIL_FAST_REPLIES)
     async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
                                           on_overflow=job.on_overflow,
@@ -40,6 +43,28 @@ async def send(
             writer.write(result)
         yield result
         fail_fast.see(result)
+
+
+def _checked(builder: RequestBuilder, source: Source) -> Iterator[PreparedRequest]:
+    """An input read once, checked as it is sent: a bad row becomes its own error result
+    (``invalid_row``, the message naming it), the rows around it go on."""
+    refused: list[InputError] = []
+
+    def refuse(error: InputError) -> PreparedRequest:
+        index = (error.line or 1) - 1  # a data source's rows: line = position + 1
+        return PreparedRequest(index, error.line or 0, "", {},
+                               ErrorInfo("invalid_row", str(error)))  # fmt: skip
+
+    for row in source.rows(on_bad_line=refused.append):
+        while refused:
+            yield refuse(refused.pop(0))
+        try:
+            request = builder.build(row)
+        except InputError as exc:
+            request = refuse(exc)
+        yield request
+    for error in refused:
+        yield refuse(error)
 
 
 async def flush_periodically(writer: ResultWriter) -> None:

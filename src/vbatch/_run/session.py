@@ -34,7 +34,7 @@ from .._client.stats import Stats
 from .._config import ClientOptions
 from .._engine import sizing as _sizing
 from .._engine.sizing import measure_requests
-from .._errors import ResumeError, TransportError
+from .._errors import InputError, ResumeError, TransportError
 from .._fleet.factory import FleetTarget
 from .._fleet.local import OnLaunch
 from .._input.data import DataInput, DataSource
@@ -164,8 +164,8 @@ async def _send_once(
     group: asyncio.TaskGroup,
 ) -> AsyncIterator[RunResults]:
     """An input read once: no resuming (which of its rows are done cannot be told); its first
-    rows plan the servers and name it in the output's fingerprint; a bad row later ends the
-    run there, after what was sent before it."""
+    rows plan the servers and name it in the output's fingerprint; a bad row is its own error
+    result (``send``), the others go on."""
     assert isinstance(source, DataSource)
     if writer is not None and not job.overwrite and writer.holds_results():
         raise ResumeError(f"{writer.name} holds results, and {source.path} can be read only "
@@ -174,7 +174,10 @@ async def _send_once(
                           "Dataset, which resume")  # fmt: skip
     head = source.head(_sizing.SAMPLE_ROWS)
     builder = _scan_builder(job, source, side)
-    requests = [builder.build(row) for row in head]  # a bad first row: before any is sent
+    requests = []
+    for row in head:
+        with contextlib.suppress(InputError):  # refused when it is sent
+            requests.append(builder.build(row))
     if side.launches and side.target is not None:
         folder = (await asyncio.to_thread(side.model_files)).folder
         measure = await asyncio.to_thread(measure_requests, requests, folder,
