@@ -32,8 +32,10 @@ async def send(
     stats: Stats,
     weight: float = 1.0,
 ) -> AsyncGenerator[Result]:
-    requests = _checked(builder, source) if source.one_pass else (
-        builder.build(row) for row in source.rows(pending)
+    requests = (
+        _checked(builder, source)
+        if source.one_pass
+        else (builder.build(row) for row in source.rows(pending))
     )
     fail_fast = FailFast(FAIL_FAST_REPLIES)
     async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",
