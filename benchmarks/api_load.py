@@ -46,6 +46,9 @@ def lines(prefix: str, n: int) -> str:
     }) + "\n" for i in range(n))  # fmt: skip
 
 
+FAKE_PID: list[int] = []  # the fake vLLM server's process, for its CPU time
+
+
 def cpu_s(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return float(t.user + t.system + t.children_user + t.children_system)
@@ -114,6 +117,8 @@ def service_case(
             with path.open("rb") as f:
                 ids.append(client.files.create(file=f, purpose="batch").id)
         ps = psutil.Process(proc.pid)
+        fake = psutil.Process(FAKE_PID[0]) if FAKE_PID else None
+        fake0 = cpu_s(fake) if fake is not None else 0.0
         cpu0, t0 = cpu_s(ps), time.perf_counter()
         batches = [client.batches.create(input_file_id=i, endpoint="/v1/chat/completions",
                                          completion_window="24h").id for i in ids]  # fmt: skip
@@ -131,8 +136,12 @@ def service_case(
                     finished[b.id] = time.perf_counter() - t0
                     assert b.request_counts is not None and b.request_counts.failed == 0
         wall, cpu = time.perf_counter() - t0, cpu_s(ps) - cpu0
+        # Where the machine's cores went: the service, the fake vLLM, the pollers' process.
+        spent = {"service_cpu_s": round(cpu, 2),
+                 "fake_server_cpu_s": round(cpu_s(fake) - fake0, 2) if fake else None}  # fmt: skip
         polls: dict[str, list[float]] = {}
         if poller is not None:
+            spent["pollers_cpu_s"] = round(cpu_s(psutil.Process(poller.pid)), 2)
             poller.send_signal(signal.SIGTERM)
             poller.wait(60)
             polls = json.loads((tmp / "polls.json").read_text())
@@ -143,7 +152,7 @@ def service_case(
     seen = {f"{kind}_{name}": value for kind, ms in polls.items() for name, value in
             (("count", len(ms)), ("p50_ms", _percentile(ms, 0.5)),
              ("p99_ms", _percentile(ms, 0.99)))}  # fmt: skip
-    return {"case": f"vbatch api, {pollers} pollers", "pollers": pollers, **seen,
+    return {"case": f"vbatch api, {pollers} pollers", "pollers": pollers, **seen, **spent,
             "rows": rows, "batches": len(files), "wall_s": round(wall, 2),
             "requests_per_s": round(rows / wall), "cpu_ms_per_request":
             round(1000 * cpu / rows, 3), "first_batch_done_s": round(min(finished.values()), 2),
@@ -201,6 +210,7 @@ def main() -> None:
         files.append(path)
     server = subprocess.Popen([sys.executable, str(FAKESERVER), "--port", "0", "--latency",
                                a.latency], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    FAKE_PID.append(server.pid)
     try:
         assert server.stdout is not None
         base_url = server.stdout.readline().split()[1] + "/v1"

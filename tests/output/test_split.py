@@ -29,7 +29,11 @@ def test_rows_go_to_their_file_and_resume_reads_both(tmp_path: Path) -> None:
     writer.open(True)
     for i in range(6):
         writer.write(_result(i, ok=i % 3 != 0))
+    assert writer.lines_out() == (0, 0)  # buffered: a crash now keeps none of them
     writer.close()
+    # Closed, it still says what it wrote: the service reads the counts as a batch ends (a
+    # count that fell to zero there showed a polling client a count going back).
+    assert writer.lines_out() == (4, 2)
     ok_lines = [json.loads(x) for x in out.read_text().splitlines()]
     error_lines = [json.loads(x) for x in err.read_text().splitlines()]
     assert [x["custom_id"] for x in ok_lines] == ["r1", "r2", "r4", "r5"]

@@ -99,6 +99,7 @@ class JsonlResultWriter:
         self.line_style: LineStyle = line_style
         self._state = state or FileStateStore(path)
         self._sink: JsonlSink | None = None
+        self._lines_closed = 0  # what the sink wrote, kept once it is closed
         self._batch_lines = False
         self._lock = OutputLock(path)
 
@@ -129,6 +130,7 @@ class JsonlResultWriter:
             raise OutputError("--include-response does not apply to OpenAI Batch output")
         self._batch_lines = batch_lines
         self._sink = JsonlSink(self.name)
+        self._lines_closed = 0
 
     def write(self, result: Result) -> None:
         assert self._sink is not None, "open() first"
@@ -143,13 +145,15 @@ class JsonlResultWriter:
 
     @property
     def lines_out(self) -> int:
-        """Lines written to the file since ``open`` (not those still buffered)."""
-        return self._sink.lines_out if self._sink is not None else 0
+        """Lines written to the file since ``open`` (not those still buffered; after ``close``,
+        all it wrote: a count read as the run ends must not fall back to zero)."""
+        return self._sink.lines_out if self._sink is not None else self._lines_closed
 
     def close(self) -> None:
         try:
             if self._sink is not None:
                 self._sink.close()
+                self._lines_closed = self._sink.lines_out
                 self._sink = None
         finally:
             self._lock.release()
