@@ -5,6 +5,7 @@ with the Hub unreachable (``HF_HUB_OFFLINE=1``, as every test runs), built here:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import datasets
@@ -14,6 +15,9 @@ import pytest
 from datasets.packaged_modules.parquet.parquet import Parquet
 from fakeserver import FakeServer, completion_text
 from helpers import cli, read_jsonl
+
+import vbatch
+from vbatch._input.hub import open_dataset
 
 PROMPTS = [f"row{i} asks" for i in range(30)]
 
@@ -97,3 +101,11 @@ def test_split_applies_to_datasets_only(server: FakeServer, tmp_path: Path) -> N
     inp.write_text('{"prompt": "a"}\n')
     proc = cli(*args(server, str(inp), tmp_path / "o.jsonl", "--split", "train"))
     assert proc.returncode == 2 and "split applies to a dataset" in proc.stderr
+
+
+def test_without_the_datasets_library_the_error_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed: import fails
+    with pytest.raises(vbatch.ConfigError, match=r"pip install 'vbatch\[data\]'"):
+        open_dataset("hf://datasets/acme/questions", "train")
