@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ErrorInfo", "PreparedRequest", "RequestDefaults", "Result"]
+__all__ = ["ErrorInfo", "PreparedRequest", "RequestDefaults", "Result", "usage_tokens"]
 
 COMPLETIONS = "/completions"
 CHAT = "/chat/completions"
@@ -94,14 +94,17 @@ class Result:
 
     @property
     def completion_tokens(self) -> int:
-        usage = self.body.get("usage") if self.body and self.error is None else None
-        if not isinstance(usage, dict):
-            return 0
-        return int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)  # responses
+        return usage_tokens(self.body if self.error is None else None)[1]
 
     @property
     def prompt_tokens(self) -> int:
-        usage = self.body.get("usage") if self.body and self.error is None else None
-        if not isinstance(usage, dict):
-            return 0
-        return int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        return usage_tokens(self.body if self.error is None else None)[0]
+
+
+def usage_tokens(body: dict[str, Any] | None) -> tuple[int, int]:
+    """(prompt, completion) tokens of a reply's ``usage`` (a response's input/output tokens)."""
+    usage = body.get("usage") if body else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+    return int(prompt), int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)

@@ -11,6 +11,8 @@ from .._batchline import LineStyle, is_output_line, output_line, output_line_sta
 from .._models import CHAT, EMBEDDINGS, Result
 
 __all__ = [
+    "body_embeddings",
+    "body_texts",
     "format_batch_line",
     "format_record",
     "read_record_status",
@@ -19,22 +21,34 @@ __all__ = [
 ]
 
 
-def result_texts(result: Result) -> tuple[list[Any], list[Any]]:
-    """(texts, finish_reasons) of a successful result, ordered by choice index."""
-    assert result.body is not None
-    choices = sorted(result.body.get("choices") or (), key=lambda c: c.get("index", 0))
-    if result.endpoint == CHAT:
+def body_texts(body: dict[str, Any], chat: bool) -> tuple[list[Any], list[Any]]:
+    """(texts, finish_reasons) of a successful reply's body, ordered by choice index."""
+    choices = body.get("choices") or ()
+    if len(choices) > 1:
+        choices = sorted(choices, key=lambda c: c.get("index", 0))
+    if chat:
         texts = [(c.get("message") or {}).get("content") for c in choices]
     else:
         texts = [c.get("text") for c in choices]
     return texts, [c.get("finish_reason") for c in choices]
 
 
+def result_texts(result: Result) -> tuple[list[Any], list[Any]]:
+    """(texts, finish_reasons) of a successful result, ordered by choice index."""
+    assert result.body is not None
+    return body_texts(result.body, result.endpoint == CHAT)
+
+
+def body_embeddings(body: dict[str, Any]) -> list[Any]:
+    """The vectors of a successful embeddings reply's body, in input order (one per input)."""
+    data = sorted(body.get("data") or (), key=lambda d: d.get("index", 0))
+    return [d.get("embedding") for d in data]
+
+
 def result_embeddings(result: Result) -> list[Any]:
     """The vectors of a successful embeddings result, in input order (one per input)."""
     assert result.body is not None
-    data = sorted(result.body.get("data") or (), key=lambda d: d.get("index", 0))
-    return [d.get("embedding") for d in data]
+    return body_embeddings(result.body)
 
 
 def format_record(result: Result, include_response: bool = False) -> bytes:

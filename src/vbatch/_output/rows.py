@@ -15,7 +15,8 @@ import orjson
 
 from .._batchline import is_output_line, output_line_status
 from .._input.ids import id_key
-from .._models import Result
+from .._models import Result, usage_tokens
+from .records import body_embeddings, body_texts
 
 __all__ = ["FIELDS", "ResultColumns", "RowResult", "read_rows"]
 
@@ -65,22 +66,16 @@ class RowResult:
 
     @classmethod
     def _from_body(cls, row_id: str | int, body: dict[str, Any]) -> RowResult:
-        usage = body.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        prompt, completion = usage_tokens(body)
         if "data" in body and "choices" not in body:  # embeddings
-            data = sorted(body["data"], key=lambda d: d.get("index", 0))
-            vectors = [d.get("embedding") for d in data]
+            vectors = body_embeddings(body)
             embedding = vectors[0] if len(vectors) == 1 else vectors
             return cls(row_id, prompt_tokens=prompt, embedding=embedding)
-        choices = body.get("choices") or ()
-        if len(choices) > 1:
-            choices = sorted(choices, key=lambda c: c.get("index", 0))
-        texts = [(c.get("message") or {}).get("content") if "message" in c else c.get("text")
-                 for c in choices]  # fmt: skip
+        choices: list[Any] = body.get("choices") or []
+        texts, reasons = body_texts(body, chat=bool(choices) and "message" in choices[0])
         # A handful of values a million times: one string each ("stop", "length"), not one a row.
-        reasons = [_intern(c.get("finish_reason")) for c in choices]
-        one = len(choices) == 1
+        reasons = [_intern(r) for r in reasons]
+        one = len(texts) == 1
         return cls(row_id, texts[0] if one else texts, reasons[0] if one else reasons,
                    prompt, completion)  # fmt: skip
 

@@ -13,11 +13,12 @@ import numpy as np
 
 from .._client.dispatcher import Dispatcher
 from .._config import ClientOptions
+from .._errors import InputError
 from .._fleet.factory import FleetTarget
 from .._fleet.local import OnLaunch
 from .._input.data import DataInput, DataSource, check_no_clash
 from .._input.ids import id_key
-from .._input.sources import RawRow
+from .._input.requests import RequestBuilder
 from .._job import Job
 from .._models import Result
 from .._output.parquet import write_parquet
@@ -72,16 +73,14 @@ def _read_back(job: Job, given: DataInput, results: ResultColumns, missing: np.n
     assert job.output is not None
     written = dict(read_rows(job.output))
     source = DataSource(given, job.fields.prompt_field, job.fields.messages_field)
+    # The ids results were written under are the request builder's to give.
+    builder = RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
+                             require_model=False)  # fmt: skip
     for raw in source.rows(pending=missing, on_bad_line=lambda _: None):
-        row = written.get(id_key(_row_id(raw, job.fields.id_field)))
+        try:
+            row_id = builder.build(raw).id
+        except InputError:
+            continue  # never sent: it stays missing
+        row = written.get(id_key(row_id))
         if row is not None:
             results.put(raw.index, row)
-
-
-def _row_id(row: RawRow, id_field: str | None) -> Any:
-    """The id a row's result was written under (as the request builder gives it)."""
-    data = row.data
-    if id_field is None and "custom_id" in data and "body" in data:
-        return data["custom_id"]
-    value = data.get(id_field or "id")
-    return row.line if value is None else value

@@ -135,14 +135,9 @@ async def open_run(
             _ready(stats, resumption, rows, pending, on_ready)
             if writer is not None:
                 writer.open(index.batch_lines)
-            flusher = group.create_task(flush_periodically(writer)) if writer else None
-            results = send(job, dispatcher, builder, source, pending, writer, stats, weight)
-            try:
-                yield RunResults(results, dispatcher)
-            finally:
-                await results.aclose()
-                if flusher is not None:
-                    flusher.cancel()
+            async with _sending(job, dispatcher, builder, source, pending, writer, stats, weight,
+                                group) as results:  # fmt: skip
+                yield results
 
 
 def _open_input(job: Job) -> Source:
@@ -198,12 +193,31 @@ async def _send_once(
     stats.total = None
     if on_ready is not None:
         on_ready(stats, OutputState())
+    async with _sending(job, dispatcher, builder, source, None, writer, stats, weight,
+                        group) as results:  # fmt: skip
+        yield results
+
+
+@contextlib.asynccontextmanager
+async def _sending(
+    job: Job,
+    dispatcher: Dispatcher,
+    builder: RequestBuilder,
+    source: Source,
+    pending: np.ndarray | None,
+    writer: ResultWriter | None,
+    stats: Stats,
+    weight: float,
+    group: asyncio.TaskGroup,
+) -> AsyncIterator[RunResults]:
+    """The send phase: the results as they are written, the output flushed now and then, until
+    the block is left."""
     flusher = group.create_task(flush_periodically(writer)) if writer else None
-    sent = send(job, dispatcher, builder, source, None, writer, stats, weight)
+    results = send(job, dispatcher, builder, source, pending, writer, stats, weight)
     try:
-        yield RunResults(sent, dispatcher)
+        yield RunResults(results, dispatcher)
     finally:
-        await sent.aclose()
+        await results.aclose()
         if flusher is not None:
             flusher.cancel()
 
