@@ -35,6 +35,12 @@ steps: an int status (200 = answer normally), ``(status, headers)``, ``(status, 
 ``(status, headers, body_or_None, latency_s)``, ``"drop"`` (close the connection without
 answering) or ``"malformed"`` (HTTP 200, truncated JSON).
 
+Structured output (``response_format`` ``json_schema`` or ``json_object``, or
+``structured_outputs.json``), as vLLM 0.32 decodes to it: the text is a compact JSON value that
+fits the schema (``json_instance``: strings are the prompt's first word, integers its word count),
+finish_reason "stop"; a JSON reply counts a token per 4 characters, and one longer than its
+max_tokens is cut there, finish_reason "length" (the invalid JSON a real cut-off gives).
+
 Context length, as vLLM 0.32 handles it (a token is a whitespace-separated word):
 
 * prompt_tokens >= max_model_len: HTTP 400 "... your prompt contains at least N input tokens ...",
@@ -639,6 +645,14 @@ class FakeServer:
         room = self.max_model_len - prompt_tokens
         completion_tokens = min(max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS, room)
         prompt = _prompt_text(body)
+        structured = _structured(body)
+        finish = "length"
+        if structured is not False:
+            full = json.dumps(json_instance(structured, prompt), separators=(",", ":"))
+            wanted = -(-len(full) // 4)
+            finish = "stop" if wanted <= completion_tokens else "length"
+            completion_tokens = min(wanted, completion_tokens)
+            json_text = full[: 4 * completion_tokens]
         usage = {
             "prompt_tokens": prompt_tokens,
             "total_tokens": prompt_tokens + n * completion_tokens,
@@ -653,7 +667,9 @@ class FakeServer:
                     "index": i,
                     "message": {
                         "role": "assistant",
-                        "content": completion_text(prompt, i, n),
+                        "content": completion_text(prompt, i, n)
+                        if structured is False
+                        else json_text,
                         "refusal": None,
                         "annotations": None,
                         "audio": None,
@@ -662,7 +678,7 @@ class FakeServer:
                         "reasoning_content": None,
                     },
                     "logprobs": None,
-                    "finish_reason": "length",
+                    "finish_reason": finish,
                     "stop_reason": None,
                     "token_ids": None,
                 }
@@ -685,9 +701,9 @@ class FakeServer:
             choices = [
                 {
                     "index": i,
-                    "text": completion_text(prompt, i, n),
+                    "text": completion_text(prompt, i, n) if structured is False else json_text,
                     "logprobs": None,
-                    "finish_reason": "length",
+                    "finish_reason": finish,
                     "stop_reason": None,
                     "token_ids": None,
                     "prompt_logprobs": None,
@@ -778,6 +794,44 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _structured(body: dict[str, Any]) -> Any:
+    """The schema a request's output must fit (None: any JSON), or False for free text."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        return None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return (fmt.get("json_schema") or {}).get("schema")
+    outputs = body.get("structured_outputs")
+    if isinstance(outputs, dict) and outputs.get("json") is not None:
+        given = outputs["json"]
+        return json.loads(given) if isinstance(given, str) else given
+    return False
+
+
+def json_instance(schema: Any, prompt: str) -> Any:
+    """A value that fits ``schema`` (the common keywords), made from the prompt."""
+    words = prompt.split() or ["x"]
+    if not isinstance(schema, dict):
+        return {"answer": words[0]}
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: json_instance(v, prompt) for k, v in props.items()}
+    if kind == "array":
+        return [json_instance(schema.get("items") or {}, prompt)]
+    if kind == "string":
+        return words[0]
+    if kind == "integer":
+        return len(words)
+    if kind == "number":
+        return len(words) / 2
+    if kind == "boolean":
+        return True
+    return None
 
 
 def _max_tokens(path: str, body: dict[str, Any]) -> int | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import vbatch
 
 ROOT = Path(vbatch.__file__).parent
-SHARED = {"_config", "_errors", "_models", "_batchline", "_tasks"}  # values, settings, helpers
+# Values, settings, helpers.
+SHARED = {"_config", "_errors", "_models", "_batchline", "_schema", "_tasks"}
 ALLOWED = {
     "_input": SHARED,
     "_output": SHARED | {"_input"},  # row identity: id digests, the validated index

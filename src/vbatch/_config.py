@@ -31,6 +31,7 @@ __all__ = [
     "Order",
     "OverflowPolicy",
     "check_choice",
+    "parse_adapters",
     "parse_duration",
 ]
 
@@ -56,6 +57,22 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_adapters(given: Any) -> tuple[tuple[str, str], ...]:
+    """LoRA adapters as (name, folder) pairs, from a mapping, "NAME=FOLDER" strings or pairs."""
+    if isinstance(given, dict):
+        given = given.items()
+    pairs = []
+    for item in given:
+        if isinstance(item, str):
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ConfigError(f"--lora takes NAME=FOLDER; got {item!r}")
+            item = (name, path)
+        name, path = item
+        pairs.append((str(name), str(path)))
+    return tuple(pairs)
 
 
 def parse_duration(text: str) -> float:
@@ -166,8 +183,12 @@ class LaunchOptions:
     # Seconds the servers stay up, idle, after the run (a warm fleet that later runs attach
     # to); 0: stopped with the run.
     keep_alive_s: float = 0.0
+    # LoRA adapters each server serves beside the model, as (name, folder): rows ask for one
+    # by its name in ``model``. Also given as {name: folder} or "NAME=FOLDER" strings.
+    lora: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lora", parse_adapters(self.lora))
         if self.replicas is not None and self.replicas > 1 and self.port:
             raise ConfigError("--port names one port; replicas each take a free one")
         if self.keep_alive_s < 0:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ErrorInfo", "PreparedRequest", "RequestDefaults", "Result", "usage_tokens"]
+if TYPE_CHECKING:
+    from ._schema import Checked, Schema
+
+__all__ = [
+    "ErrorInfo",
+    "PreparedRequest",
+    "RequestDefaults",
+    "Result",
+    "body_texts",
+    "usage_tokens",
+]
 
 COMPLETIONS = "/completions"
 CHAT = "/chat/completions"
@@ -34,6 +44,18 @@ class RequestDefaults:
     stop: tuple[str, ...] | None = None
     system: str | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # What every reply must be (``_schema.py``): sent as ``response_format``, each reply parsed
+    # and checked against it. A JSON schema, or a pydantic model class (Python only).
+    schema: Any = None
+    # A reply a schema job's max_tokens cut off is sent again with max_tokens doubled, up to
+    # this many (None: kept as it is, its ``schema_error`` saying so).
+    resend_cut_off: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.resend_cut_off is not None and self.schema is None:
+            from ._errors import ConfigError
+
+            raise ConfigError("resend_cut_off applies to a job with a schema")
 
     def body_fields(self) -> dict[str, Any]:
         """The defaults as request-body fields (``system`` is not one: it becomes a message)."""
@@ -44,8 +66,23 @@ class RequestDefaults:
                 body[key] = value
         if self.stop is not None:
             body["stop"] = list(self.stop)
+        schema = self.compiled_schema()
+        if schema is not None:
+            body["response_format"] = schema.response_format()
         body.update(self.extra_body)
         return body
+
+    def compiled_schema(self) -> Schema | None:
+        """``schema`` made ready to check replies (once per defaults: they are frozen)."""
+        if self.schema is None:
+            return None
+        compiled: Schema | None = self.__dict__.get("_compiled")
+        if compiled is None:
+            from ._schema import Schema
+
+            compiled = Schema.given(self.schema, self.resend_cut_off)
+            object.__setattr__(self, "_compiled", compiled)
+        return compiled
 
 
 @dataclass(slots=True)
@@ -59,6 +96,8 @@ class PreparedRequest:
     # A row found bad as it was read (an input read once has no validating pass): not sent, its
     # result is this error.
     refused: ErrorInfo | None = None
+    # What its reply must be (``_schema.py``), when the body asks for structured output.
+    schema: Schema | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +126,9 @@ class Result:
     latency_s: float
     request_id: str | None = None
     clamped_max_tokens: int | None = None
+    # A reply checked against its request's schema: the parsed values or why not (None: the
+    # request had no schema, or it failed).
+    checked: Checked | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,6 +141,18 @@ class Result:
     @property
     def prompt_tokens(self) -> int:
         return usage_tokens(self.body if self.error is None else None)[0]
+
+
+def body_texts(body: dict[str, Any], chat: bool) -> tuple[list[Any], list[Any]]:
+    """(texts, finish_reasons) of a successful reply's body, ordered by choice index."""
+    choices = body.get("choices") or ()
+    if len(choices) > 1:
+        choices = sorted(choices, key=lambda c: c.get("index", 0))
+    if chat:
+        texts = [(c.get("message") or {}).get("content") for c in choices]
+    else:
+        texts = [c.get("text") for c in choices]
+    return texts, [c.get("finish_reason") for c in choices]
 
 
 def usage_tokens(body: dict[str, Any] | None) -> tuple[int, int]:

@@ -58,11 +58,15 @@ class Options(ClientKeywords, total=False):
     stop: str | Sequence[str] | None
     system: str | None
     extra_body: Mapping[str, Any]
+    schema: Mapping[str, Any] | type | None  # a JSON schema, or a pydantic model class
+    resend_cut_off: int | None
     # FieldMap
     id_field: str | None
     prompt_field: str
     messages_field: str
     template: str | None
+    schema_field: str
+    lora_field: str | None
     # Job
     input_format: InputFormat
     endpoint: EndpointMode
@@ -88,6 +92,7 @@ class Options(ClientKeywords, total=False):
     startup_timeout_s: float
     max_restarts: int
     keep_alive_s: float
+    lora: Mapping[str, str] | Sequence[str] | Sequence[tuple[str, str]]
 
 
 def _names(cls: type) -> frozenset[str]:

@@ -143,7 +143,8 @@ def run_command(
     the defaults given here for that row.
 
     \b
-    Exit codes: 0 every row succeeded; 1 some rows ended as error records;
+    Exit codes: 0 every row succeeded; 1 some rows ended as error records (or as replies
+    that do not fit --json-schema);
     2 bad usage, input or output, or the server rejects the job (nothing more sent);
     3 no server could take requests any more (results so far kept); 130 interrupted.
     """

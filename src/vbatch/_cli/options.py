@@ -86,6 +86,21 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
     return parsed
 
 
+def _json_schema(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        with open(value, "rb") as f:
+            schema = orjson.loads(f.read())
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"{value} is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise click.BadParameter(f"{value} must hold a JSON schema (an object)")
+    return schema
+
+
 request_options = _group([
     click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens."),
     click.option("--temperature", type=float, help="Default temperature."),
@@ -98,6 +113,15 @@ request_options = _group([
     click.option("--extra-body", callback=_json_object, metavar="JSON",
                  help="JSON object merged into every request body untouched, e.g. "
                       "'{\"ignore_eos\": true}'."),
+    click.option("--json-schema", "schema", callback=_json_schema, metavar="FILE",
+                 help="Every reply is JSON valid against the schema in FILE: vLLM decodes to "
+                      "it, and each record gets `parsed` (the value) or `schema_error` (why "
+                      "not: cut_off, invalid_json, schema_mismatch), the text kept. A row's "
+                      "own `schema` column or response_format wins."),
+    click.option("--resend-cut-off", "resend_cut_off", type=click.IntRange(min=2),
+                 metavar="MAX_TOKENS",
+                 help="With a schema: a reply max_tokens cut off is sent again with max_tokens "
+                      "doubled, up to MAX_TOKENS [default: kept, as schema_error cut_off]."),
 ])  # fmt: skip
 
 input_options = _group([
@@ -115,6 +139,11 @@ input_options = _group([
                  metavar="NAME", help="Column holding the prompt."),
     click.option("--messages-field", default=FieldMap.messages_field, show_default=True,
                  metavar="NAME", help="Column holding chat messages."),
+    click.option("--schema-field", default=FieldMap.schema_field, show_default=True,
+                 metavar="NAME", help="Column holding a row's own JSON schema (or its JSON)."),
+    click.option("--lora-field", metavar="NAME",
+                 help="Column naming each row's LoRA adapter (sent as its model; empty: the "
+                      "model itself)."),
     click.option("--template", metavar="TEXT",
                  help="Build the prompt from columns with a Python format string, e.g. "
                       "'Translate to French: {text}'."),
@@ -216,6 +245,11 @@ engine_options = _group([
                       f"{GPU_MEMORY_UTILIZATION} on GPU]."),
     click.option("--dtype", help="Model dtype [default on CPU: bfloat16 with AMX or "
                                  "AVX512-BF16, else float32]."),
+    click.option("--lora", multiple=True, metavar="NAME=FOLDER",
+                 help="A LoRA adapter (peft's format) the started servers serve beside the "
+                      "model (repeat for several; all resident at once up to 16): rows ask for "
+                      "it by NAME in their `model` (or --lora-field); a row naming a model "
+                      "neither the model's nor an adapter's is refused before sending."),
     click.option("--vllm-arg", "vllm_args", multiple=True, metavar="ARG",
                  help="Any other vLLM server flag, passed through (repeat; e.g. "
                       "--vllm-arg=--enable-prefix-caching)."),

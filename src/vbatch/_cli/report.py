@@ -32,6 +32,11 @@ def print_summary(summary: RunSummary) -> None:
     lines = [
         f"vbatch: {'interrupted' if summary.interrupted else 'done'}: {s.done:,} rows sent "
         f"({s.ok:,} ok, {s.failed:,} errors, {s.retries:,} retries"
+        + (
+            f", {s.schema_errors:,} of the errors replies not fitting the schema"
+            if s.schema_errors
+            else ""
+        )
         + (f", {s.clamped:,} clamped" if s.clamped else "")
         + ")"
         + (f", {s.skipped:,} already done" if s.skipped else ""),

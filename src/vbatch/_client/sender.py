@@ -2,7 +2,10 @@
 
 The loop is small on purpose (after tenacity): what a reply means is ``classify``'s, when to
 stop and how long to wait is the ``RetryPolicy``'s, how much room is left for output is
-``room_for_output``'s. A failure is never raised: it becomes the row's ``Result``.
+``room_for_output``'s. A failure is never raised: it becomes the row's ``Result``. A reply to a
+request with a schema is checked against it (``Schema.check``); one cut off by max_tokens goes
+again with a larger one where the job's policy says so (``resend_size``), and if that fails the
+cut-off reply stands.
 
 With a fleet, a request that got no reply (or a 5xx) is not simply charged an attempt: the
 fleet is asked whether that server is down (``suspect``). If it is, the server went away under
@@ -13,13 +16,15 @@ that is up and goes again (``FleetError`` ends the wait when none will be).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
 from .._config import OverflowPolicy
 from .._errors import TransportError
 from .._fleet.base import API_PREFIX, Fleet
-from .._models import PreparedRequest, Result
+from .._models import CHAT, PreparedRequest, Result, body_texts
+from .._schema import resend_size
 from .classify import Outcome, classify
 from .overflow import room_for_output
 from .retry import RetryPolicy
@@ -50,10 +55,39 @@ class Sender:
         stats: Stats | None = None,
         on_overflow: OverflowPolicy = "error",
     ) -> Result:
+        result = await self._attempts(request, request.body, stats, on_overflow)
+        schema = request.schema
+        if schema is None:
+            return result
+        body = request.body
+        while result.error is None:
+            assert result.body is not None
+            checked = schema.check(*body_texts(result.body, request.endpoint == CHAT))
+            result.checked = checked
+            larger = resend_size(checked, body, schema)
+            if larger is None:
+                break
+            body = {**body, "max_tokens": larger}
+            body.pop("max_completion_tokens", None)
+            again = await self._attempts(request, body, stats, on_overflow)
+            again.attempts += result.attempts
+            again.latency_s += result.latency_s
+            if again.error is not None:
+                break  # the cut-off reply stands
+            result = again
+        return result
+
+    async def _attempts(
+        self,
+        request: PreparedRequest,
+        body: dict[str, Any],
+        stats: Stats | None,
+        on_overflow: OverflowPolicy,
+    ) -> Result:
+        """``body`` sent until it succeeds or the policy gives up."""
         policy = self.retry
         clock = policy.clock
         start = clock()
-        body = request.body
         payload = orjson.dumps(body)
         path = API_PREFIX + request.endpoint
         clamped: int | None = None  # the max_tokens we lowered the request's to

@@ -19,7 +19,8 @@ class Stats:
     skipped: int = 0  # rows already done by an earlier run (resume)
     done: int = 0  # rows finished in this run, ok or not
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # errors, and replies that did not fit their schema
+    schema_errors: int = 0  # of the failed: replies that did not fit their schema
     retries: int = 0
     clamped: int = 0
     in_flight: int = 0
@@ -49,9 +50,13 @@ class Stats:
         """Count one finished row."""
         self.done += 1
         if result.error is None:
-            self.ok += 1
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
+            if result.checked is not None and result.checked.error is not None:
+                self.schema_errors += 1
+                self.failed += 1
+            else:
+                self.ok += 1
         else:
             self.failed += 1
         if result.clamped_max_tokens is not None:
@@ -104,6 +109,7 @@ class Stats:
             "done": self.done,
             "ok": self.ok,
             "failed": self.failed,
+            "schema_errors": self.schema_errors,
             "retries": self.retries,
             "requeued": self.requeued,
             "clamped": self.clamped,

@@ -14,6 +14,7 @@ from typing import Any
 
 from .._config import LaunchOptions
 from .._models import PreparedRequest
+from .lora import MAX_RESIDENT_LORAS, Adapter, lora_args, read_adapters
 from .machine import Machine
 from .model import ModelFiles, approx_params, kv_bytes_per_token, resolve_model
 from .server import ServerSpec
@@ -70,6 +71,12 @@ class LaunchPlan:
     # The facts it was made from, for ``replan``.
     files: ModelFiles | None = None
     machine: Machine | None = None
+    adapters: tuple[Adapter, ...] = ()  # LoRA adapters served beside the model
+
+    @property
+    def served_names(self) -> list[str]:
+        """Every model name rows may ask for: the model's, then its adapters'."""
+        return [self.served_model, *(a.name for a in self.adapters)]
 
 
 def _replica_kv_tokens(
@@ -196,10 +203,14 @@ def plan_launch(
     measure: InputMeasure | None,
     options: LaunchOptions,
     machine: Machine,
+    adapters: tuple[Adapter, ...] | None = None,
 ) -> LaunchPlan:
     """How to start vLLM for ``model`` on ``machine``, for data that needs ``measure`` (None:
-    no data to size for). ``options.replicas`` None lets the plan choose (``_auto_replicas``)."""
+    no data to size for). ``options.replicas`` None lets the plan choose (``_auto_replicas``).
+    ``adapters``: the facts of ``options.lora``'s adapters (None: read from their folders)."""
     notes = list(model.notes)
+    if adapters is None:
+        adapters = tuple(read_adapters(options.lora, model.served))
     measure = measure or InputMeasure()
     max_model_len = options.max_model_len or _context_size(model, measure, notes)
     replicas = options.replicas
@@ -254,6 +265,11 @@ def plan_launch(
         if kv_bytes is not None:
             start_together = True
             vllm_args = ("--kv-cache-memory-bytes", str(kv_bytes), *vllm_args)
+    if adapters:
+        vllm_args = (*lora_args(adapters, machine.backend), *vllm_args)
+        resident = min(len(adapters), MAX_RESIDENT_LORAS)
+        notes.append(f"{len(adapters)} LoRA adapter(s) ({', '.join(a.name for a in adapters)}), "
+                     f"{resident} resident at once")  # fmt: skip
     spec = ServerSpec(
         model=model.arg,
         backend=machine.backend,
@@ -275,7 +291,7 @@ def plan_launch(
     # Twice the sequences the servers run at once, in rows: a row of ``n`` is n sequences.
     window = max(replicas, round(2 * seqs * replicas / measure.mean_completions))
     return LaunchPlan(spec, model.served, window, measure, replicas, notes, start_together,
-                      model, machine)  # fmt: skip
+                      model, machine, adapters)  # fmt: skip
 
 
 def plan_server(
@@ -303,5 +319,5 @@ def replan(plan: LaunchPlan, measure: InputMeasure, options: LaunchOptions) -> L
     where it does. Its other choices stand: the first rows are the sample they were made from."""
     if plan.measure.complete or plan.files is None or plan.machine is None:
         return None
-    full = plan_launch(plan.files, measure, options, plan.machine)
+    full = plan_launch(plan.files, measure, options, plan.machine, plan.adapters)
     return None if full.spec.max_model_len == plan.spec.max_model_len else full

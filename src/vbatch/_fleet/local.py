@@ -130,7 +130,7 @@ class LocalFleet:
         await self._settled.wait()  # the plan is final: the context size known
         # Without a planned context size the model's own applies, which only the server knows.
         context = self.plan.spec.max_model_len
-        return None if context is None else {self.plan.served_model: context}
+        return None if context is None else dict.fromkeys(self.plan.served_names, context)
 
     async def suspect(self, url: str) -> bool:
         replica = next((r for r in self.replicas if r.url == url), None)

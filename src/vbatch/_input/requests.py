@@ -8,7 +8,9 @@ Keys of a prompt/messages row that are request-body fields override the job's de
 row; other keys (metadata columns) are not sent. With ``--endpoint embeddings`` a row's
 ``input`` (else its prompt column or template) is embedded: POST /embeddings, whose body takes
 the job's model and extra body but none of its sampling defaults. Whether a row's id, payload
-and model are acceptable is ``checks.RowChecks``'s to say.
+and model are acceptable is ``checks.RowChecks``'s to say. A request that asks for structured
+output (the job's schema, a row's ``schema`` column or its own ``response_format``) carries the
+compiled ``Schema`` its reply is checked against (``_schema.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .._batchline import INPUT_KEYS, PAYLOAD_KEYS, parse_input_line
 from .._config import EndpointMode
@@ -30,6 +34,7 @@ from .._models import (
     PreparedRequest,
     RequestDefaults,
 )
+from .._schema import Schema, SchemaInvalid
 from .checks import RowChecks, Setting
 from .sources import RawRow
 
@@ -68,6 +73,9 @@ _MODE_ENDPOINTS = {"completions": COMPLETIONS, "chat": CHAT, "embeddings": EMBED
                    "score": SCORE, "rerank": RERANK, "responses": RESPONSES}  # fmt: skip
 # Endpoints whose rows must be OpenAI Batch lines (no prompt/messages row builds their body).
 _BATCH_ONLY = frozenset({"score", "rerank", "responses"})
+# Rows' own schemas compiled at once: most jobs have one, a few per task; past this, it starts
+# again (a schema per row is compiled per row).
+_SCHEMA_CACHE = 256
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class FieldMap:
     prompt_field: str = "prompt"
     messages_field: str = "messages"
     template: str | None = None  # str.format template over the row's columns
+    schema_field: str = "schema"  # a row's own JSON schema (an object, or its JSON text)
+    lora_field: str | None = None  # a column naming the row's LoRA adapter (its model)
 
 
 class RequestBuilder:
@@ -118,6 +128,9 @@ class RequestBuilder:
         self.batch_only = batch_only
         # Decided by the first row, unless every row must be one.
         self.batch_lines: bool | None = True if batch_only else None
+        # The job's schema, and the rows' own by their JSON (compiled once each).
+        self._schema = defaults.compiled_schema()
+        self._schemas: dict[bytes, Schema | None] = {}
 
     def check_served(self, served: Collection[str]) -> None:
         """The served-model check of the rows built so far without ``served``: raises the
@@ -162,7 +175,8 @@ class RequestBuilder:
         if self.force_model:
             merged["model"] = self.defaults.model
         self.checks.model(row, merged)
-        return PreparedRequest(row.index, line.custom_id, line.endpoint, merged)
+        schema = self._schema_for(row, merged) if line.endpoint in (CHAT, COMPLETIONS) else None
+        return PreparedRequest(row.index, line.custom_id, line.endpoint, merged, schema=schema)
 
     def _from_row(self, row: RawRow) -> PreparedRequest:
         if self.endpoint in _BATCH_ONLY:
@@ -176,8 +190,15 @@ class RequestBuilder:
         for key, value in data.items():
             if key in fields:
                 body[key] = value
+        own = data.get(f.schema_field)
+        if own is not None and not embed:
+            body["response_format"] = self._row_schema(row, own)
         if self.force_model:
             body["model"] = self.defaults.model
+        if f.lora_field is not None:
+            adapter = data.get(f.lora_field)
+            if adapter not in (None, ""):  # empty: the model itself
+                body["model"] = adapter
         if f.template is not None:
             try:
                 prompt: Any = f.template.format_map(data)
@@ -220,7 +241,50 @@ class RequestBuilder:
                 row, f"row has neither {what} (nor an OpenAI Batch 'custom_id' and 'body'){hint}"
             )
         self.checks.model(row, body)
-        return PreparedRequest(row.index, row_id, endpoint, body)
+        return PreparedRequest(row.index, row_id, endpoint, body,
+                               schema=self._schema_for(row, body))  # fmt: skip
+
+    def _row_schema(self, row: RawRow, given: Any) -> dict[str, Any]:
+        """A row's ``schema`` column (a JSON schema, or its JSON text) as a response_format;
+        ``_schema_for`` compiles it."""
+        column = f"{self.fields.schema_field!r}"
+        if isinstance(given, str):
+            try:
+                given = orjson.loads(given)
+            except orjson.JSONDecodeError as exc:
+                raise self._error(row, f"{column} is not JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise self._error(row, f"{column} must be a JSON schema (an object)")
+        name = str(given.get("title") or "output")
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": given}}
+
+    def _schema_for(self, row: RawRow, body: dict[str, Any]) -> Schema | None:
+        """What the request's reply must be: the job's schema, or the one the body names."""
+        fmt, outputs = body.get("response_format"), body.get("structured_outputs")
+        if fmt is None and outputs is None:
+            return None
+        if self._schema is not None and fmt is self._base.get("response_format"):
+            return self._schema
+        try:
+            key = orjson.dumps([fmt, outputs], option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            key = None
+        if key is not None and key in self._schemas:
+            return self._schemas[key]
+        try:
+            schema = Schema.of(body, self.defaults.resend_cut_off)
+        except SchemaInvalid as exc:
+            where = (
+                "'body.response_format'"
+                if self.batch_lines
+                else f"the row's schema ({self.fields.schema_field!r} or response_format)"
+            )
+            raise self._error(row, f"{where}: {exc}") from None
+        if key is not None:
+            if len(self._schemas) >= _SCHEMA_CACHE:
+                self._schemas.clear()
+            self._schemas[key] = schema
+        return schema
 
     def _with_system(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         system = self.defaults.system

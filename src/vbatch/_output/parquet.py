@@ -4,7 +4,9 @@ The JSONL stays the record of truth (crash-safe, resumable); the Parquet file is
 in batches once the run is over, and appears whole (written aside, then renamed). Columns are
 typed and flat; ``text`` and ``finish_reason`` are lists (one item per choice) so that ``n > 1``
 fits the same schema; ``embedding`` likewise holds one vector per input of an embeddings row
-(float ones: ``encoding_format`` base64 stays JSONL).
+(float ones: ``encoding_format`` base64 stays JSONL). A schema job's ``parsed`` values are
+their JSON text, one per choice (DuckDB's and Spark's JSON functions read them; no one Arrow
+type holds every schema), beside ``schema_error_code`` and ``schema_error_message``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _schema() -> Any:
         ("completion_tokens", pa.int64()), ("error_code", pa.string()),
         ("error_message", pa.string()), ("error_status", pa.int64()), ("attempts", pa.int64()),
         ("latency_s", pa.float64()), ("clamped_max_tokens", pa.int64()),
-        ("embedding", pa.list_(pa.list_(pa.float32()))),
+        ("embedding", pa.list_(pa.list_(pa.float32()))), ("parsed", pa.list_(pa.string())),
+        ("schema_error_code", pa.string()), ("schema_error_message", pa.string()),
     ])  # fmt: skip
 
 
@@ -61,6 +64,11 @@ def _rows(path: str) -> Iterator[dict[str, Any]]:
                 raise OutputError(f"{path}:{line_no}: --parquet holds float embeddings; "
                                   "base64 ones stay JSONL")  # fmt: skip
             error = rec.get("error") or {}
+            schema_error = rec.get("schema_error") or {}
+            parsed = rec.get("parsed")
+            if "parsed" in rec:  # a schema job's row: one JSON text per choice
+                choices = parsed if isinstance(rec.get("text"), list) else [parsed]
+                parsed = [None if v is None else orjson.dumps(v).decode() for v in choices]
             yield {
                 "id": str(rec["id"]),
                 "text": _as_list(rec.get("text")),
@@ -74,6 +82,9 @@ def _rows(path: str) -> Iterator[dict[str, Any]]:
                 "latency_s": rec.get("latency_s"),
                 "clamped_max_tokens": rec.get("clamped_max_tokens"),
                 "embedding": embedding,
+                "parsed": parsed,
+                "schema_error_code": schema_error.get("code"),
+                "schema_error_message": schema_error.get("message"),
             }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from .._batchline import LineStyle, is_output_line, output_line, output_line_status
-from .._models import CHAT, EMBEDDINGS, Result
+from .._models import CHAT, EMBEDDINGS, Result, body_texts
 
 __all__ = [
     "body_embeddings",
@@ -19,18 +19,6 @@ __all__ = [
     "result_embeddings",
     "result_texts",
 ]
-
-
-def body_texts(body: dict[str, Any], chat: bool) -> tuple[list[Any], list[Any]]:
-    """(texts, finish_reasons) of a successful reply's body, ordered by choice index."""
-    choices = body.get("choices") or ()
-    if len(choices) > 1:
-        choices = sorted(choices, key=lambda c: c.get("index", 0))
-    if chat:
-        texts = [(c.get("message") or {}).get("content") for c in choices]
-    else:
-        texts = [c.get("text") for c in choices]
-    return texts, [c.get("finish_reason") for c in choices]
 
 
 def result_texts(result: Result) -> tuple[list[Any], list[Any]]:
@@ -53,7 +41,9 @@ def result_embeddings(result: Result) -> list[Any]:
 
 def format_record(result: Result, include_response: bool = False) -> bytes:
     """vbatch's line: id, text (a list when n > 1), finish_reason, usage, error, attempts,
-    latency_s, clamped_max_tokens (the lowered max_tokens when --on-overflow clamp acted).
+    latency_s, clamped_max_tokens (the lowered max_tokens when --on-overflow clamp acted);
+    a reply checked against a schema adds ``parsed`` (a list when n > 1) and ``schema_error``
+    (``{code, message}`` of the first choice that did not fit, else null).
     An embeddings row has ``embedding`` (a list of them when its input was a list of several)
     in place of text and finish_reason."""
     if result.endpoint == EMBEDDINGS:
@@ -82,6 +72,12 @@ def format_record(result: Result, include_response: bool = False) -> bytes:
             "usage": None,
             "error": result.error.to_dict(),
         }
+    if result.checked is not None:  # a schema job's row: its parsed value, or why none
+        record["parsed"] = result.checked.parsed
+        error = result.checked.error
+        record["schema_error"] = (
+            None if error is None else {"code": error.code, "message": error.message}
+        )
     record["attempts"] = result.attempts
     record["latency_s"] = round(result.latency_s, 4)
     record["clamped_max_tokens"] = result.clamped_max_tokens
@@ -98,7 +94,8 @@ def format_batch_line(result: Result, style: LineStyle = "vllm") -> bytes:
 
 
 def read_record_status(record: dict[str, Any]) -> tuple[Any, bool]:
-    """(id, ok) of a line written by either formatter."""
+    """(id, ok) of a line written by either formatter; a reply that did not fit its schema is
+    not ok (``--retry-failed`` sends it again)."""
     if is_output_line(record):
         return output_line_status(record)
-    return record["id"], record.get("error") is None
+    return record["id"], record.get("error") is None and record.get("schema_error") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,9 @@ import orjson
 
 from .._batchline import is_output_line, output_line_status
 from .._input.ids import id_key
-from .._models import Result, usage_tokens
-from .records import body_embeddings, body_texts
+from .._models import Result, body_texts, usage_tokens
+from .._schema import Schema
+from .records import body_embeddings
 
 __all__ = ["FIELDS", "ResultColumns", "RowResult", "read_rows"]
 
@@ -25,7 +26,10 @@ __all__ = ["FIELDS", "ResultColumns", "RowResult", "read_rows"]
 class RowResult:
     """A row's text (a list of them for ``n`` > 1) and why it ended, its token counts, or why it
     failed (``error``: ``"code: message"``, the text then None); ``embedding`` for an
-    embeddings job (a list of vectors where the row's input was a list)."""
+    embeddings job (a list of vectors where the row's input was a list). A row of a job with a
+    schema has ``parsed`` (the JSON value, or the pydantic model's instance; a list for
+    ``n`` > 1) or ``schema_error`` (``"code: message"``: ``cut_off``, ``invalid_json``,
+    ``schema_mismatch``), its text kept."""
 
     id: str | int
     text: Any = None
@@ -34,16 +38,34 @@ class RowResult:
     completion_tokens: int = 0
     error: str | None = None
     embedding: Any = None
+    parsed: Any = None
+    schema_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        """It succeeded, and its reply fits its schema where it had one."""
+        return self.error is None and self.schema_error is None
 
     @classmethod
     def from_result(cls, result: Result) -> RowResult:
         if result.error is not None:
             return cls(result.id, error=f"{result.error.code}: {result.error.message}")
-        return cls._from_body(result.id, result.body or {})
+        row = cls._from_body(result.id, result.body or {})
+        checked = result.checked
+        if checked is None:
+            return row
+        error = checked.error
+        return replace(
+            row,
+            parsed=checked.parsed,
+            schema_error=None if error is None else f"{error.code}: {error.message}",
+        )
+
+    def typed(self, schema: Schema | None) -> RowResult:
+        """This row with ``parsed`` as ``schema`` gives it (a pydantic model's instance)."""
+        if schema is None or schema.model is None or self.parsed is None:
+            return self
+        return replace(self, parsed=schema.instance(self.parsed, many=isinstance(self.text, list)))
 
     @classmethod
     def from_line(cls, line: dict[str, Any]) -> RowResult:
@@ -59,10 +81,13 @@ class RowResult:
             error = line["error"]
             return cls(line["id"], error=f"{error.get('code')}: {error.get('message')}")
         usage = line.get("usage") or {}
+        schema_error = line.get("schema_error")
         return cls(line["id"], line.get("text"), line.get("finish_reason"),
                    int(usage.get("prompt_tokens") or 0),
                    int(usage.get("completion_tokens") or 0), None,
-                   line.get("embedding"))  # fmt: skip
+                   line.get("embedding"), line.get("parsed"),
+                   None if schema_error is None
+                   else f"{schema_error.get('code')}: {schema_error.get('message')}")  # fmt: skip
 
     @classmethod
     def _from_body(cls, row_id: str | int, body: dict[str, Any]) -> RowResult:
@@ -121,6 +146,12 @@ class ResultColumns:
         for name, array in self._arrays.items():
             array[index] = getattr(row, name)
         self._filled[index] = True
+
+    def any_checked(self) -> bool:
+        """Some row was checked against a schema (its own, where the job has none)."""
+        size = self._size
+        return any(value is not None for name in ("parsed", "schema_error")
+                   for value in self._arrays[name][:size])  # fmt: skip
 
     def missing(self) -> np.ndarray:
         """True for each row without a result yet."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from .._input.data import DataInput
 from .rows import ResultColumns
 
@@ -14,14 +16,17 @@ __all__ = ["COLUMNS", "EMBEDDING_COLUMNS", "result_columns", "shaped"]
 
 COLUMNS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
 EMBEDDING_COLUMNS = ("embedding", "prompt_tokens", "error")
+SCHEMA_COLUMNS = ("parsed", "schema_error")  # a job with a schema adds these
 
 
-def result_columns(embeddings: bool) -> tuple[str, ...]:
-    return EMBEDDING_COLUMNS if embeddings else COLUMNS
+def result_columns(embeddings: bool, structured: bool = False) -> tuple[str, ...]:
+    if embeddings:
+        return EMBEDDING_COLUMNS
+    return COLUMNS + SCHEMA_COLUMNS if structured else COLUMNS
 
 
-def _columns(results: ResultColumns, embeddings: bool) -> dict[str, list[Any]]:
-    columns = {name: results.values(name) for name in result_columns(embeddings)}
+def _columns(results: ResultColumns, embeddings: bool, structured: bool) -> dict[str, list[Any]]:
+    columns = {name: results.values(name) for name in result_columns(embeddings, structured)}
     for name in ("text", "finish_reason"):
         values = columns.get(name)
         if values is not None and any(isinstance(v, list) for v in values):
@@ -30,11 +35,13 @@ def _columns(results: ResultColumns, embeddings: bool) -> dict[str, list[Any]]:
     return columns
 
 
-def shaped(given: DataInput, results: ResultColumns, embeddings: bool) -> Any:
+def shaped(given: DataInput, results: ResultColumns, embeddings: bool, structured: bool) -> Any:
+    """``structured``: the job had a schema (a ``parsed`` and a ``schema_error`` column; frames
+    hold the parsed JSON values, lists the pydantic instances where a model was given)."""
     kind, data = given.kind, given.data
     if kind in ("list", "iterable"):
         return results.rows()
-    columns = _columns(results, embeddings)
+    columns = _columns(results, embeddings, structured)
     if kind == "pandas":
         import pandas as pd
 
@@ -71,13 +78,29 @@ def _arrow(columns: dict[str, list[Any]]) -> Any:
     import pyarrow as pa
 
     text = pa.string()
-    types = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "error": text}
+    types = {"prompt_tokens": pa.int64(), "completion_tokens": pa.int64(), "error": text,
+             "schema_error": text}  # fmt: skip
     for name in ("text", "finish_reason"):
         if name in columns:
             lists = any(isinstance(v, list) for v in columns[name])
             types[name] = pa.list_(text) if lists else text
-    arrays = {n: pa.array(v, type=types.get(n)) for n, v in columns.items()}
+    arrays = {n: pa.array(v, type=types.get(n)) for n, v in columns.items() if n != "parsed"}
+    if "parsed" in columns:
+        arrays["parsed"] = _parsed_array(columns["parsed"])
+        arrays = {n: arrays[n] for n in columns}
     return pa.table(arrays)
+
+
+def _parsed_array(values: list[Any]) -> Any:
+    """Parsed values as Arrow infers them (objects of one shape: a struct column); values of
+    shapes no one type holds (a field a number here, a string there): their JSON text."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return pa.array([None if v is None else orjson.dumps(v).decode() for v in values],
+                        type=pa.string())  # fmt: skip
 
 
 def _pandas_dtype(name: str, values: list[Any]) -> str | None:

@@ -25,6 +25,7 @@ from .._output.parquet import write_parquet
 from .._output.rows import ResultColumns, RowResult, read_rows
 from .._output.shape import result_columns, shaped
 from .._progress import Progress
+from .._schema import Schema
 from .runner import run_job
 
 __all__ = ["PARQUET_LOG", "generate"]
@@ -46,29 +47,37 @@ async def generate(
     given = job.input
     assert isinstance(given, DataInput)
     embeddings = job.endpoint == "embeddings"
-    check_no_clash(given, result_columns(embeddings))  # before anything is sent
+    schema = job.defaults.compiled_schema()
+    check_no_clash(given, result_columns(embeddings, schema is not None))  # before any send
     parquet = None
     if job.output is not None and job.output.endswith(".parquet"):
         parquet, job = job.output, dataclasses.replace(job, output=job.output + PARQUET_LOG)
     results = ResultColumns(None if given.one_pass else len(given))
 
     def keep(result: Result) -> None:
-        results.put(result.index, RowResult.from_result(result))
+        results.put(result.index, RowResult.from_result(result).typed(schema))
 
     summary = await run_job(job, servers, progress, stop, client=client, on_launch=on_launch,
                             on_result=keep)  # fmt: skip
     missing = results.missing()
     if job.output is not None and missing.any():
-        await asyncio.to_thread(_read_back, job, given, results, missing)
+        await asyncio.to_thread(_read_back, job, given, results, missing, schema)
         missing = results.missing()
     for index in np.flatnonzero(missing):  # a run stopped early (stop_event)
         results.put(int(index), RowResult(int(index) + 1, error="not_run: the run stopped first"))
     if parquet is not None and job.output is not None and not summary.interrupted:
         await asyncio.to_thread(write_parquet, job.output, parquet)
-    return shaped(given, results, embeddings)
+    structured = schema is not None or results.any_checked()
+    return shaped(given, results, embeddings, structured)
 
 
-def _read_back(job: Job, given: DataInput, results: ResultColumns, missing: np.ndarray) -> None:
+def _read_back(
+    job: Job,
+    given: DataInput,
+    results: ResultColumns,
+    missing: np.ndarray,
+    schema: Schema | None,
+) -> None:
     """The rows an earlier run finished, from the output it wrote, by their ids."""
     assert job.output is not None
     written = dict(read_rows(job.output))
@@ -83,4 +92,4 @@ def _read_back(job: Job, given: DataInput, results: ResultColumns, missing: np.n
             continue  # never sent: it stays missing
         row = written.get(id_key(row_id))
         if row is not None:
-            results.put(raw.index, row)
+            results.put(raw.index, row.typed(schema))

@@ -49,6 +49,14 @@ class RunServers:
         return self.target is not None and self.target.launches
 
     @property
+    def adapters(self) -> list[str]:
+        """The LoRA adapters servers this run launches serve, by name."""
+        if not self.launches:
+            return []
+        assert self.target is not None
+        return [name for name, _ in self.target.launch.lora]
+
+    @property
     def plan(self) -> LaunchPlan | None:
         return self._built.plan if self._built is not None else None
 

@@ -252,12 +252,21 @@ def _done(resumption: Resumption | None) -> np.ndarray:
 
 
 def _scan_builder(job: Job, source: Source, side: RunServers) -> RequestBuilder:
-    """The builder rows are validated with: the launched model is known before its servers are
-    up; which models servers someone runs serve is checked once the scan is over."""
-    served = [job.defaults.model] if side.launches and job.defaults.model else None
+    """The builder rows are validated with: the launched model (and its adapters) are known
+    before its servers are up; which models servers someone runs serve is checked once the
+    scan is over."""
+    served = None
+    if side.launches and job.defaults.model:
+        served = [job.defaults.model, *side.adapters]
     return RequestBuilder(source.path, job.defaults, job.fields, job.endpoint,
                           require_model=False, served=served,
-                          force_model=job.defaults.model is not None)  # fmt: skip
+                          force_model=_forces_model(job, side))  # fmt: skip
+
+
+def _forces_model(job: Job, side: RunServers) -> bool:
+    """Whether the job's model replaces each row's own: it names one, and no launched adapter
+    could be what a row's own names (with ``--lora``, a row's model chooses its adapter)."""
+    return job.defaults.model is not None and not side.adapters
 
 
 async def _scan(
@@ -319,7 +328,7 @@ async def _send_builder(
         scanned_with.model_hint = hint
         scanned_with.checks.check_named()  # rows without a model, and no default for them
     return RequestBuilder(source.path, defaults, job.fields, job.endpoint, model_hint=hint,
-                          served=served, force_model=job.defaults.model is not None)  # fmt: skip
+                          served=served, force_model=_forces_model(job, side))  # fmt: skip
 
 
 def _record(

@@ -178,7 +178,8 @@ class WarmFleet:
         entry = self._entry
         if entry is None or entry.context is None:
             return None
-        return {entry.served_model: entry.context}
+        adapters = [name for name, _ in entry.engine.get("lora", ())]
+        return dict.fromkeys([entry.served_model, *adapters], entry.context)
 
     def status(self) -> FleetStatus:
         if self._inner is None or self._entry is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..._config import LaunchOptions
 from ..._engine.plan import LaunchPlan
 from .registry import WarmEntry
@@ -14,13 +16,14 @@ __all__ = ["ENGINE_OPTIONS", "engine_options", "misfit"]
 # engine. (The context is compared by size, replicas by count; timeouts and the keep-alive
 # are the run's own.)
 ENGINE_OPTIONS = ("max_num_seqs", "tensor_parallel_size", "data_parallel_size",
-                  "gpu_memory_utilization", "dtype", "vllm_args", "host")  # fmt: skip
+                  "gpu_memory_utilization", "dtype", "vllm_args", "host", "lora")  # fmt: skip
 
 
 def engine_options(options: LaunchOptions) -> dict[str, Any]:
     """``options``' engine settings as JSON values (as a warm entry keeps them)."""
     values = {name: getattr(options, name) for name in ENGINE_OPTIONS}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    result: dict[str, Any] = orjson.loads(orjson.dumps(values))  # tuples as lists, nested too
+    return result
 
 
 def misfit(entry: WarmEntry, options: LaunchOptions, plan: LaunchPlan) -> str | None:
@@ -30,7 +33,10 @@ def misfit(entry: WarmEntry, options: LaunchOptions, plan: LaunchPlan) -> str | 
     if entry.model != plan.spec.model:
         return f"it serves {entry.served_model}, not {plan.served_model}"
     wanted = engine_options(options)
-    changed = [name for name in ENGINE_OPTIONS if entry.engine.get(name) != wanted[name]]
+    # An entry written before an option existed holds the option's default.
+    default = engine_options(LaunchOptions())
+    changed = [name for name in ENGINE_OPTIONS
+               if entry.engine.get(name, default[name]) != wanted[name]]  # fmt: skip
     if changed:
         return f"it was started with other {', '.join(changed)}"
     need = plan.spec.max_model_len
