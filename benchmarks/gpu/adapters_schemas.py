@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from shapes import LABELS, WORDS  # noqa: E402
+from shapes import LABELS, WORDS
 
 SCHEMA = {
     "type": "object",
