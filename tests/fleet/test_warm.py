@@ -85,6 +85,7 @@ def test_a_warm_fleet_serves_a_job_of_its_model_settings_and_context() -> None:
     (LaunchOptions(), _plan(model="/other"), "it serves m, not m"),
     (LaunchOptions(dtype="float32"), _plan(), "other dtype"),
     (LaunchOptions(vllm_args=("--enable-prefix-caching",)), _plan(), "other vllm_args"),
+    (LaunchOptions(lora={"a": "/adapters/a"}), _plan(), "other lora"),
     (LaunchOptions(), _plan(4096), "context is 1024 tokens; this job needs 4096"),
     (LaunchOptions(), _plan(None), "needs the model maximum"),
     (LaunchOptions(replicas=2), _plan(replicas=2), "not the 2 asked for"),
@@ -97,6 +98,15 @@ def test_a_warm_fleet_that_cannot_serve_says_why(options: LaunchOptions, plan: L
     entry.engine = engine_options(LaunchOptions())
     reason = misfit(entry, options, plan)
     assert reason is not None and why in reason
+
+
+def test_a_warm_fleet_serves_the_adapters_it_was_started_with() -> None:
+    options = LaunchOptions(lora=("a=/adapters/a", "b=/adapters/b"))
+    entry = _entry(LaunchOptions(lora={"a": "/adapters/a", "b": "/adapters/b"}))
+    assert misfit(entry, options, _plan()) is None
+    del entry.engine["lora"]  # an entry written before adapters existed: it has none
+    assert misfit(entry, LaunchOptions(), _plan()) is None
+    assert "other lora" in (misfit(entry, options, _plan()) or "")
 
 
 def test_keep_alive_is_for_servers_vbatch_starts_here(monkeypatch: pytest.MonkeyPatch) -> None:
