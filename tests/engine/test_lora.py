@@ -1,19 +1,26 @@
-"""LoRA adapters in the launch plan, without vLLM: the flags that serve them, what a folder
-must hold, and the warm fleet that must have them."""
+"""LoRA adapters without vLLM: the flags that serve them, what a folder must hold, and rows
+sent adapter group by adapter group past what vLLM holds at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from fakeserver import FakeServer
 
-from vbatch import ConfigError
+import vbatch
+from vbatch import ConfigError, RequestBuilder, RequestDefaults
 from vbatch._config import LaunchOptions
-from vbatch._engine.lora import MAX_RESIDENT_LORAS, read_adapters
+from vbatch._engine.lora import MAX_RESIDENT_LORAS, adapter_groups, read_adapters
 from vbatch._engine.machine import Machine
 from vbatch._engine.model import resolve_model
 from vbatch._engine.plan import plan_launch
+from vbatch._input.data import DataSource, data_input
+from vbatch._run.scan import ModelTally
+from vbatch._run.send import send
 
 
 def _adapter(folder: Path, rank: int, **config: object) -> Path:
@@ -78,3 +85,33 @@ def test_what_is_not_an_adapter_is_named(tmp_path: Path) -> None:
 
 def test_an_adapter_beside_a_url_is_an_error(tmp_path: Path) -> None:
     assert LaunchOptions(lora={"a": "/p"}).given() == ["lora"]
+
+
+def test_past_the_slots_adapters_are_sent_in_groups_of_what_vllm_holds() -> None:
+    adapters = [f"t{i}" for i in range(40)]
+    assert adapter_groups(["base", "t3", "t1"], adapters) is None  # all fit at once
+    asked = ["t5", "base", *(f"t{i}" for i in range(40) if i != 5)]
+    groups = adapter_groups(asked, adapters)
+    assert groups is not None and [len(g) for g in groups] == [17, 16, 8]
+    assert groups[0][:2] == ["t5", "t0"] and groups[0][-1] == "base"  # the model's own: first
+
+
+def test_rows_go_pass_by_pass_each_adapter_group_in_turn(server: FakeServer) -> None:
+    rows = [{"id": i, "prompt": f"r{i} x", "model": f"t{i % 3}"} for i in range(12)]
+    source = DataSource(data_input(rows), "prompt", "messages")
+    builder = RequestBuilder(source.path, RequestDefaults(max_tokens=2))
+    tally = ModelTally()
+    requests = list(tally.watch(builder.build(row) for row in source.rows()))
+    assert len(requests) == 12 and list(tally.names) == ["t0", "t1", "t2"]
+    pending = np.ones(12, dtype=bool)
+    pending[4] = False  # done by an earlier run
+    masks = [pending & m for m in tally.masks([["t2"], ["t0", "t1"]], 12)]
+
+    async def go() -> list[str]:
+        async with vbatch.connect(server.base_url, concurrency=1) as dispatcher:
+            job = vbatch.make_job([])
+            results = send(job, dispatcher, builder, source, masks, None, vbatch.Stats())
+            return [str(r.id) async for r in results]
+
+    assert asyncio.run(go()) == ["2", "5", "8", "11", "0", "1", "3", "6", "7", "9", "10"]
+    assert [b["model"] for b in server.bodies][:4] == ["t2"] * 4

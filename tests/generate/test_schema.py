@@ -12,10 +12,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from fakeserver import FakeServer
-from helpers import cli, read_jsonl, run_args, write_jsonl
+from helpers import cli, preview_requests, read_jsonl, run_args, write_jsonl
 from pydantic import BaseModel
 
 import vbatch
+from vbatch._engine.sizing import measure_requests
 from vbatch._schema import Checked, Schema, resend_size
 
 PERSON = {
@@ -204,3 +205,12 @@ def test_frames_get_parsed_and_schema_error_columns(server: FakeServer, tmp_path
     resumed = vbatch.generate(["ann a"], tmp_path / "p.jsonl", base_url=server.base_url,
                               schema=Person, max_tokens=16)  # fmt: skip
     assert resumed[0].parsed == rows[0].parsed == Person(name="ann", age=2)
+
+
+def test_the_context_planned_holds_a_resent_reply(tmp_path: Path) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "x" * 40, "max_tokens": 64}])
+    plain = measure_requests(preview_requests(vbatch.make_job(str(inp), schema=PERSON)), None, None)
+    job = vbatch.make_job(str(inp), schema=PERSON, resend_cut_off=1024)
+    resent = measure_requests(preview_requests(job), None, None)
+    assert resent.max_needed_tokens == plain.max_needed_tokens - 64 + 1024
+    assert resent.sampled_output_tokens == plain.sampled_output_tokens == 64  # the working set

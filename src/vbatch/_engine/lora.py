@@ -7,6 +7,12 @@ in does not matter and one job's window serves them all. Past that many, vLLM sw
 in and out of its slots (``--max-cpu-loras`` holds the rest in host memory), and a row waits for
 its adapter's turn.
 
+Past ``MAX_RESIDENT_LORAS``, vLLM runs only rows of the adapters in its slots and skips the
+others until a slot frees: with every adapter's rows mixed in the window, most of the window
+waits. ``adapter_groups`` then cuts the adapters into groups of that many, and the run sends the
+rows group by group (one job, one window: a group's rows start as the previous group's last rows
+are still running, so nothing drains between them).
+
 On the CPU, vLLM 0.32's LoRA ops read a row of the model itself (LoRA index -1) from the last
 slot, so in a batch that mixes such rows with adapters' rows they get the last adapter's weights
 (vllm-project/vllm#48421, open): a CPU server gets one slot more than its adapters, which no
@@ -24,7 +30,7 @@ import orjson
 from .._config import Backend
 from .._errors import ConfigError
 
-__all__ = ["MAX_RESIDENT_LORAS", "Adapter", "lora_args", "read_adapters"]
+__all__ = ["MAX_RESIDENT_LORAS", "Adapter", "adapter_groups", "lora_args", "read_adapters"]
 
 # The ranks vLLM accepts for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -81,3 +87,16 @@ def lora_args(adapters: Sequence[Adapter], backend: Backend) -> tuple[str, ...]:
     return ("--enable-lora", "--lora-modules", *(f"{a.name}={a.path}" for a in adapters),
             "--max-lora-rank", str(slot_rank), "--max-loras", str(slots),
             "--max-cpu-loras", str(max(slots, len(adapters))))  # fmt: skip
+
+
+def adapter_groups(asked: Sequence[str], adapters: Sequence[str]) -> list[list[str]] | None:
+    """The adapters rows ask for (``asked``, in the order rows first ask), in groups of up to
+    ``MAX_RESIDENT_LORAS`` to send one after another; None where one group holds them all (no
+    need to order anything). Names that are not adapters (the model's own) go with the first
+    group."""
+    wanted = [name for name in asked if name in set(adapters)]
+    if len(wanted) <= MAX_RESIDENT_LORAS:
+        return None
+    groups = [wanted[i : i + MAX_RESIDENT_LORAS] for i in range(0, len(wanted), MAX_RESIDENT_LORAS)]
+    groups[0] = [*groups[0], *(name for name in asked if name not in set(adapters))]
+    return groups

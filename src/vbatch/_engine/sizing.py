@@ -181,17 +181,19 @@ def measure_requests(
     ``keep_sample`` False: no sample kept (the pass over the rows after the first)."""
     count = _load_tokenizer(model_dir)
     m = InputMeasure()
-    # Rows to count: (text, overhead, max_tokens, n, in the sample).
-    batch: list[tuple[str, int, int | None, int, bool]] = []
+    # Rows to count: (text, overhead, max_tokens, n, in the sample, max_tokens a re-send may
+    # reach).
+    batch: list[tuple[str, int, int | None, int, bool, int]] = []
     # The sample's prompts with their token counts, for the prefixes they share.
     sample: list[tuple[str, int]] = []
 
     def add(
-        tokens: int, wanted: int | None, n: int, sampled: bool, text: str | None = None
-    ) -> None:
+        tokens: int, wanted: int | None, n: int, sampled: bool, text: str | None = None,
+        reach: int = 0,
+    ) -> None:  # fmt: skip
         m.max_prompt_tokens = max(m.max_prompt_tokens, tokens)
         if isinstance(wanted, int):
-            m.max_needed_tokens = max(m.max_needed_tokens, tokens + wanted)
+            m.max_needed_tokens = max(m.max_needed_tokens, tokens + max(wanted, reach))
         else:
             m.unbounded_rows += 1
         if sampled:
@@ -206,8 +208,9 @@ def measure_requests(
     def count_batch() -> None:
         assert count is not None
         counts = count([row[0] for row in batch])
-        for tokens, (text, overhead, wanted, n, sampled) in zip(counts, batch, strict=True):
-            add(tokens + overhead, wanted, n, sampled, text)
+        for tokens, (text, overhead, wanted, n, sampled, reach) in zip(counts, batch,
+                                                                       strict=True):  # fmt: skip
+            add(tokens + overhead, wanted, n, sampled, text, reach)
         batch.clear()
 
     for request in requests:
@@ -226,25 +229,28 @@ def measure_requests(
         sampled = keep_sample and m.rows <= SAMPLE_ROWS
         n = body.get("n")
         n = n if isinstance(n, int) and n > 1 else 1
+        # A reply cut off may go again with up to this many (``_schema.resend_size``): the
+        # context must hold it; the working set is sized for the first send.
+        reach = (request.schema.resend_up_to or 0) if request.schema is not None else 0
         if isinstance(text, list):
-            add(len(text) + overhead, wanted, n, sampled)
+            add(len(text) + overhead, wanted, n, sampled, reach=reach)
             continue
         bound = len(text.encode("utf-8")) + overhead + 2
-        if fits is not None and wanted is not None and bound + wanted <= fits:
+        if fits is not None and wanted is not None and bound + max(wanted, reach) <= fits:
             continue  # it cannot need more context than ``fits``: no need to count it
         # Cheap skip: even at one token per byte this row can't beat what we have.
         if (
             not sampled
             and bound <= m.max_prompt_tokens
-            and (wanted is None or bound + wanted <= m.max_needed_tokens)
+            and (wanted is None or bound + max(wanted, reach) <= m.max_needed_tokens)
         ):
             if wanted is None:
                 m.unbounded_rows += 1
             continue
         if count is None:
-            add(bound, wanted, n, sampled, text)
+            add(bound, wanted, n, sampled, text, reach)
             continue
-        batch.append((text, overhead, wanted, n, sampled))
+        batch.append((text, overhead, wanted, n, sampled, reach))
         if len(batch) >= TOKENIZE_BATCH:
             count_batch()
     if batch:

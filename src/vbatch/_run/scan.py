@@ -2,7 +2,8 @@
 row through the builder the run will send with, collects the id index and the input's digest,
 and sizes the rows still to send: the first ``sizing.SAMPLE_ROWS`` of them are measured in full and
 planned on at once (``on_sample`` starts the servers), the rest only where they could need more
-context than that plan gives (a row's UTF-8 length bounds its tokens)."""
+context than that plan gives (a row's UTF-8 length bounds its tokens). Where the rows will be
+sent adapter by adapter, a ``ModelTally`` notes which model each row asks for."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import collections
 import dataclasses
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,40 @@ from .._input.sources import Source, finish_digest, new_digest
 from .._input.validate import InputIndex, index_of, iter_validated
 from .._models import PreparedRequest
 
-__all__ = ["ScanCancelled", "Scanned", "Sizing", "scan"]
+__all__ = ["ModelTally", "ScanCancelled", "Scanned", "Sizing", "scan"]
+
+
+class ModelTally:
+    """Which model each row asks for, by row index (a small code per row, the names apart): what
+    sending the rows group by group needs (``_engine/lora.adapter_groups``)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}  # in the order rows first ask for them
+        self._rows = array("q")
+        self._codes = array("i")
+
+    def watch(self, requests: Iterator[PreparedRequest]) -> Iterator[PreparedRequest]:
+        names, rows, codes = self.names, self._rows, self._codes
+        for request in requests:
+            model = str(request.body.get("model"))
+            code = names.get(model)
+            if code is None:
+                code = names[model] = len(names)
+            rows.append(request.index)
+            codes.append(code)
+            yield request
+
+    def masks(self, groups: Sequence[Sequence[str]], size: int) -> list[np.ndarray]:
+        """For each group, the rows (of ``size``) that ask for one of its names."""
+        rows = np.frombuffer(self._rows, dtype=np.int64)
+        codes = np.frombuffer(self._codes, dtype=np.int32)
+        masks = []
+        for group in groups:
+            mask = np.zeros(size, dtype=bool)
+            wanted = [self.names[name] for name in group if name in self.names]
+            mask[rows[np.isin(codes, wanted)]] = True
+            masks.append(mask)
+        return masks
 
 
 @dataclass(frozen=True)
@@ -54,6 +89,7 @@ def scan(
     digest: bool = False,
     sizing: Sizing | None = None,
     cancelled: threading.Event | None = None,
+    tally: ModelTally | None = None,
 ) -> Scanned:
     """One pass: validate (the id index), digest, size the ``pending`` rows (None: all). A run
     that is over sets ``cancelled``: the pass then stops (``ScanCancelled``) at its next row."""
@@ -68,6 +104,8 @@ def scan(
         requests = (builder.build(row) for row in source.rows(pending, digest=hasher))
     if cancelled is not None:
         requests = _until(cancelled, requests)
+    if tally is not None:
+        requests = tally.watch(requests)
     measure = None
     if sizing is None:
         collections.deque(requests, maxlen=0)  # the pass itself is the point

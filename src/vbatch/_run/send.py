@@ -4,7 +4,7 @@ before it is yielded; a job whose first replies are all the same refusal stops t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 
 import numpy as np
 
@@ -27,15 +27,17 @@ async def send(
     dispatcher: Dispatcher,
     builder: RequestBuilder,
     source: Source,
-    pending: np.ndarray | None,
+    passes: Sequence[np.ndarray] | None,
     writer: ResultWriter | None,
     stats: Stats,
     weight: float = 1.0,
 ) -> AsyncGenerator[Result]:
+    """``passes``: which rows to send, pass after pass over the input (None: all, once)."""
+    masks: Sequence[np.ndarray | None] = passes if passes is not None else [None]
     requests = (
         _checked(builder, source)
         if source.one_pass
-        else (builder.build(row) for row in source.rows(pending))
+        else (builder.build(row) for mask in masks for row in source.rows(mask))
     )
     fail_fast = FailFast(FAIL_FAST_REPLIES)
     async for result in dispatcher.stream(requests, stats, ordered=job.order == "input",

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from .._client.dispatcher import Dispatcher, DispatcherSnapshot
 from .._client.stats import Stats
 from .._config import ClientOptions
 from .._engine import sizing as _sizing
+from .._engine.lora import MAX_RESIDENT_LORAS, adapter_groups
 from .._engine.sizing import measure_requests
 from .._errors import InputError, ResumeError, TransportError
 from .._fleet.factory import FleetTarget
@@ -46,7 +47,7 @@ from .._models import RequestDefaults, Result
 from .._output.resume import Resumption, decide_resume, pending_mask, start_output
 from .._output.writer import JsonlResultWriter, OutputState, ResultWriter
 from .._tasks import task_group
-from .scan import Scanned, Sizing, scan
+from .scan import ModelTally, Scanned, Sizing, scan
 from .send import flush_periodically, send
 from .servers import RunServers
 
@@ -119,8 +120,9 @@ async def open_run(
                     return
             # -- plan + scan, while the servers start ------------------------------------------
             builder = _scan_builder(job, source, side)
+            tally = ModelTally() if _by_adapter(job, side) else None
             scanned = await _scan(source, builder, job, resumption,
-                                  None if left is None else left[1], side)  # fmt: skip
+                                  None if left is None else left[1], side, tally)  # fmt: skip
             side.scanned(scanned.measure)
             if writer is not None and job.defaults.model:  # the fingerprint is known: record
                 _record(job, writer, job.defaults, resumption, scanned)
@@ -135,7 +137,8 @@ async def open_run(
             _ready(stats, resumption, rows, pending, on_ready)
             if writer is not None:
                 writer.open(index.batch_lines)
-            async with _sending(job, dispatcher, builder, source, pending, writer, stats, weight,
+            passes = _passes(tally, side, pending)
+            async with _sending(job, dispatcher, builder, source, passes, writer, stats, weight,
                                 group) as results:  # fmt: skip
                 yield results
 
@@ -204,16 +207,17 @@ async def _sending(
     dispatcher: Dispatcher,
     builder: RequestBuilder,
     source: Source,
-    pending: np.ndarray | None,
+    passes: Sequence[np.ndarray] | None,
     writer: ResultWriter | None,
     stats: Stats,
     weight: float,
     group: asyncio.TaskGroup,
 ) -> AsyncIterator[RunResults]:
     """The send phase: the results as they are written, the output flushed now and then, until
-    the block is left."""
+    the block is left. ``passes``: the rows to send, in passes over the input one after another
+    (None: every row, once)."""
     flusher = group.create_task(flush_periodically(writer)) if writer else None
-    results = send(job, dispatcher, builder, source, pending, writer, stats, weight)
+    results = send(job, dispatcher, builder, source, passes, writer, stats, weight)
     try:
         yield RunResults(results, dispatcher)
     finally:
@@ -247,6 +251,22 @@ def _left(job: Job, index: InputIndex, done: np.ndarray) -> tuple[int, np.ndarra
     return int(mine.sum()), pending & mine
 
 
+def _by_adapter(job: Job, side: RunServers) -> bool:
+    """Whether the rows may go adapter group by adapter group: more adapters launched than
+    vLLM holds at once, and results wanted as they finish (in input order, a row of a later
+    group would hold back every result after it)."""
+    return len(side.adapters) > MAX_RESIDENT_LORAS and job.order == "completion"
+
+
+def _passes(tally: ModelTally | None, side: RunServers, pending: np.ndarray) -> list[np.ndarray]:
+    """The pending rows in the passes they are sent in: one, or one per adapter group."""
+    groups = adapter_groups(list(tally.names), side.adapters) if tally is not None else None
+    if groups is None:
+        return [pending]
+    assert tally is not None
+    return [pending & mask for mask in tally.masks(groups, len(pending))]
+
+
 def _done(resumption: Resumption | None) -> np.ndarray:
     return resumption.previous.done if resumption is not None else np.zeros(0, np.uint64)
 
@@ -276,6 +296,7 @@ async def _scan(
     resumption: Resumption | None,
     pending: np.ndarray | None,
     side: RunServers,
+    tally: ModelTally | None = None,
 ) -> Scanned:
     validate = resumption is None or resumption.index is None
     sizing = None
@@ -288,7 +309,8 @@ async def _scan(
     try:
         return await asyncio.to_thread(scan, source, builder, validate=validate,
                                        pending=pending, digest=resumption is None,
-                                       sizing=sizing, cancelled=cancelled)  # fmt: skip
+                                       sizing=sizing, cancelled=cancelled,
+                                       tally=tally)  # fmt: skip
     finally:
         cancelled.set()  # a scan still running in its thread stops at its next row
 
