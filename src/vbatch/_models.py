@@ -47,15 +47,9 @@ class RequestDefaults:
     # What every reply must be (``_schema.py``): sent as ``response_format``, each reply parsed
     # and checked against it. A JSON schema, or a pydantic model class (Python only).
     schema: Any = None
-    # A reply a schema job's max_tokens cut off is sent again with max_tokens doubled, up to
-    # this many (None: kept as it is, its ``schema_error`` saying so).
+    # A reply with a schema (the job's or a row's own) that max_tokens cut off is sent again
+    # with max_tokens doubled, up to this many (None: kept, its ``schema_error`` saying so).
     resend_cut_off: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.resend_cut_off is not None and self.schema is None:
-            from ._errors import ConfigError
-
-            raise ConfigError("resend_cut_off applies to a job with a schema")
 
     def body_fields(self) -> dict[str, Any]:
         """The defaults as request-body fields (``system`` is not one: it becomes a message)."""

@@ -76,8 +76,6 @@ def test_resend_size_doubles_max_tokens_up_to_the_policy_ceiling() -> None:
 def test_a_schema_that_is_not_one_is_refused_before_anything_is_sent(server: FakeServer) -> None:
     with pytest.raises(vbatch.ConfigError, match="schema: not a valid JSON schema"):
         vbatch.generate(["x"], base_url=server.base_url, schema={"type": "objekt"})
-    with pytest.raises(vbatch.ConfigError, match="resend_cut_off applies to a job with a schema"):
-        vbatch.generate(["x"], base_url=server.base_url, resend_cut_off=64)
     assert server.bodies == []
 
 
@@ -168,6 +166,15 @@ def test_a_reply_against_its_schema_is_named_and_retry_failed_sends_it_again(
         1: {"name": "odd", "age": 2}, 2: {"name": "even", "age": 2}}  # fmt: skip
     missing = cli(*run_args(server.base_url, inp, out, "--json-schema", "nope.json"))
     assert missing.returncode == 2 and "cannot read nope.json" in missing.stderr
+
+
+def test_a_rows_own_schema_is_resent_under_the_policy_too(server: FakeServer) -> None:
+    flag = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    rows = [{"prompt": "a b", "schema": flag, "max_tokens": 1}]
+    (cut,) = vbatch.generate(rows, base_url=server.base_url)
+    assert cut.schema_error is not None and cut.schema_error.startswith("cut_off")
+    (whole,) = vbatch.generate(rows, base_url=server.base_url, resend_cut_off=8)
+    assert whole.ok and whole.parsed == {"ok": True}  # '{"ok":true}': 1, 2, then 4 tokens
 
 
 # -- generate: values in Python, columns in frames and Parquet -----------------------------------

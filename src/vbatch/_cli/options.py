@@ -120,8 +120,9 @@ request_options = _group([
                       "own `schema` column or response_format wins."),
     click.option("--resend-cut-off", "resend_cut_off", type=click.IntRange(min=2),
                  metavar="MAX_TOKENS",
-                 help="With a schema: a reply max_tokens cut off is sent again with max_tokens "
-                      "doubled, up to MAX_TOKENS [default: kept, as schema_error cut_off]."),
+                 help="A reply with a schema (the job's or a row's own) that max_tokens cut off "
+                      "is sent again with max_tokens doubled, up to MAX_TOKENS [default: kept, "
+                      "as schema_error cut_off]."),
 ])  # fmt: skip
 
 input_options = _group([
