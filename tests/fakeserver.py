@@ -272,6 +272,9 @@ class FakeServer:
         self.latency: float | tuple[float, float] = latency
         self.max_model_len = max_model_len
         self.model = model
+        # LoRA adapters served beside the model, listed as vLLM 0.32 lists them (a card with the
+        # model as ``parent``, its folder as ``root``, no max_model_len); rows may name them.
+        self.adapters: list[str] = []
         self.max_num_seqs = max_num_seqs  # for /metrics: running vs waiting
         self.scripts: dict[str, deque[Step]] = {}
         self.drop_next = 0  # close the connection without answering, this many times
@@ -377,7 +380,9 @@ class FakeServer:
             "max_model_len": self.max_model_len,
             "permission": [],
         }
-        return web.json_response({"object": "list", "data": [card]})
+        adapters = [{**card, "id": name, "root": f"/adapters/{name}", "parent": self.model,
+                     "max_model_len": None} for name in self.adapters]  # fmt: skip
+        return web.json_response({"object": "list", "data": [card, *adapters]})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
@@ -508,7 +513,7 @@ class FakeServer:
             )
             return _error(400, message, param=loc, type_="Bad Request")
         model = body.get("model")
-        if model is not None and model != self.model:
+        if model is not None and model != self.model and model not in self.adapters:
             message = f"The model `{model}` does not exist. Valid aliases: {self.model}."
             return _error(404, message, param="model")
         if not chat and not body.get("prompt"):

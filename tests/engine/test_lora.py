@@ -115,3 +115,21 @@ def test_rows_go_pass_by_pass_each_adapter_group_in_turn(server: FakeServer) -> 
 
     assert asyncio.run(go()) == ["2", "5", "8", "11", "0", "1", "3", "6", "7", "9", "10"]
     assert [b["model"] for b in server.bodies][:4] == ["t2"] * 4
+
+
+def test_against_a_server_with_adapters_rows_name_them_and_the_model_is_the_default(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.adapters = ["legal", "medical"]
+    rows = [{"id": 1, "prompt": "a b", "model": "legal"}, {"id": 2, "prompt": "c d"},
+            {"id": 3, "prompt": "e f", "task": "medical"}]  # fmt: skip
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = vbatch.run(inp, tmp_path / "out.jsonl", base_url=server.base_url, max_tokens=2,
+                         lora_field="task")  # fmt: skip
+    assert summary.exit_code == 0
+    assert sorted(b["model"] for b in server.bodies) == ["legal", "medical", server.model]
+    inp.write_text(json.dumps({"id": 4, "prompt": "x", "model": "tax"}) + "\n")
+    said = r"in.jsonl:1: model 'tax' is not served here \(the server serves 'smol', 'legal', 'med"
+    with pytest.raises(vbatch.InputError, match=said):
+        vbatch.run(inp, tmp_path / "out2.jsonl", base_url=server.base_url, max_tokens=2)

@@ -25,6 +25,7 @@ class ServerInfo:
         self._transport = transport
         self._known = known
         self._served: dict[str, int | None] | None = None
+        self._adapters: set[str] = set()  # served names that are LoRA adapters (a ``parent``)
         # The context size of the model being sent to, once known; lets a reply that the server
         # shortened to fit be marked as clamped.
         self.max_model_len: int | None = None
@@ -41,12 +42,18 @@ class ServerInfo:
             try:
                 models = orjson.loads(response.content)["data"]
                 served = {m["id"]: m.get("max_model_len") for m in models}
+                self._adapters = {m["id"] for m in models if m.get("parent")}
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 raise TransportError(
                     "malformed_response", f"GET /v1/models gave no model list ({exc!r})"
                 ) from None
             self._served = {k: v if isinstance(v, int) else None for k, v in served.items()}
         return self._served
+
+    async def models(self) -> list[str]:
+        """The served models that are not adapters of another (vLLM lists a LoRA adapter with
+        its model as ``parent``): what a row naming no model can go to."""
+        return [name for name in await self.served() if name not in self._adapters]
 
     async def use(self, model: str | None) -> None:
         """Requests will go to ``model``: take its context size, when the server says it."""

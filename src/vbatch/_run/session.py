@@ -316,13 +316,13 @@ async def _scan(
 
 
 async def _default_model(defaults: RequestDefaults, side: RunServers) -> RequestDefaults:
-    """Without ``model``, a server serving one model gives it."""
+    """Without ``model``, a server serving one model (its adapters aside) gives it."""
     try:
-        served = await side.served()
+        models = await (await side.dispatcher()).server.models()
     except TransportError:
         return defaults
-    if len(served) == 1:
-        return dataclasses.replace(defaults, model=next(iter(served)))
+    if len(models) == 1:
+        return dataclasses.replace(defaults, model=models[0])
     return defaults
 
 
@@ -331,7 +331,7 @@ async def _send_builder(
 ) -> RequestBuilder:
     """The builder requests are sent with, told what the servers serve: rows naming a model
     they do not serve are refused here (the line named), and without ``model`` a server's only
-    model is the default."""
+    model (its adapters aside) is the default."""
     served: list[str] | None = None
     try:
         served = list(await side.served())
@@ -343,9 +343,11 @@ async def _send_builder(
     if served is not None:
         scanned_with.model_hint = hint
         scanned_with.check_served(served)
-        if not defaults.model and len(served) == 1:
-            defaults = dataclasses.replace(defaults, model=served[0])
-        await (await side.dispatcher()).server.use(defaults.model)
+        server = (await side.dispatcher()).server
+        models = await server.models()  # a model and its adapters: the model is the default
+        if not defaults.model and len(models) == 1:
+            defaults = dataclasses.replace(defaults, model=models[0])
+        await server.use(defaults.model)
     if not defaults.model:
         scanned_with.model_hint = hint
         scanned_with.checks.check_named()  # rows without a model, and no default for them
