@@ -221,3 +221,17 @@ def test_the_context_planned_holds_a_resent_reply(tmp_path: Path) -> None:
     resent = measure_requests(preview_requests(job), None, None)
     assert resent.max_needed_tokens == plain.max_needed_tokens - 64 + 1024
     assert resent.sampled_output_tokens == plain.sampled_output_tokens == 64  # the working set
+
+
+def test_the_fast_check_passes_only_what_jsonschema_passes() -> None:
+    """fastjsonschema's check where it knows the keywords; what it refuses, and every schema of
+    later keywords, jsonschema decides (formats: annotations only, as jsonschema reads them)."""
+    dated = {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}
+    assert Schema(dated)._fast is not None
+    assert Schema(dated).check(['{"d": "not a date"}'], ["stop"]).error is None
+    later = {"type": "array", "prefixItems": [{"type": "integer"}]}
+    assert Schema(later)._fast is None
+    wrong = Schema(later).check(['["x"]'], ["stop"])
+    assert wrong.error is not None and wrong.error.message == "$[0]: 'x' is not of type 'integer'"
+    draft = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "integer"}
+    assert Schema(draft)._fast is None and Schema({**PERSON})._fast is not None
