@@ -54,4 +54,4 @@ def test_the_quickstart_notebook_runs(
     assert (tmp_path / "quickstart.jsonl").read_text().count("\n") == 6
     typed = [o for o in _outputs(code[4]) if o["output_type"] == "execute_result"]
     html = typed[0]["data"]["text/html"]
-    assert "parsed" in html and "schema_error" in html and "&#x27;mood&#x27;" in html
+    assert "parsed" in html and "schema_error" in html and "'mood': " in html

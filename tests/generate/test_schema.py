@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from fakeserver import FakeServer
@@ -207,6 +208,8 @@ def test_frames_get_parsed_and_schema_error_columns(server: FakeServer, tmp_path
     again = vbatch.generate(frame, tmp_path / "out.parquet", base_url=server.base_url,
                             schema=PERSON)  # fmt: skip
     assert again["parsed"].tolist() == out["parsed"].tolist()
+    typed = vbatch.generate(pl.from_pandas(frame), base_url=server.base_url, schema=Person)
+    assert typed["parsed"].to_list()[:2] == out["parsed"].tolist()[:2]  # values, not instances
     rows = vbatch.generate(["ann a"], tmp_path / "p.jsonl", base_url=server.base_url,
                            schema=Person, max_tokens=16)  # fmt: skip
     resumed = vbatch.generate(["ann a"], tmp_path / "p.jsonl", base_url=server.base_url,

@@ -27,6 +27,8 @@ def result_columns(embeddings: bool, structured: bool = False) -> tuple[str, ...
 
 def _columns(results: ResultColumns, embeddings: bool, structured: bool) -> dict[str, list[Any]]:
     columns = {name: results.values(name) for name in result_columns(embeddings, structured)}
+    if "parsed" in columns:  # a frame holds JSON values, not a pydantic model's instances
+        columns["parsed"] = [_json_value(v) for v in columns["parsed"]]
     for name in ("text", "finish_reason"):
         values = columns.get(name)
         if values is not None and any(isinstance(v, list) for v in values):
@@ -89,6 +91,13 @@ def _arrow(columns: dict[str, list[Any]]) -> Any:
         arrays["parsed"] = _parsed_array(columns["parsed"])
         arrays = {n: arrays[n] for n in columns}
     return pa.table(arrays)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
 
 
 def _parsed_array(values: list[Any]) -> Any:
