@@ -91,6 +91,8 @@ def parse_duration(text: str) -> float:
 DEFAULT_CONCURRENCY = 512
 # The most an adaptive window grows to.
 MAX_WINDOW = 4096
+# Rows in flight until the first result is back; then the whole window (dispatcher.py says why).
+FIRST_WAVE = 16
 DEFAULT_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 5

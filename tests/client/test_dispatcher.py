@@ -92,6 +92,31 @@ async def test_window_bounds_in_flight_and_refills() -> None:
     assert peak == 7
 
 
+async def test_a_first_wave_then_the_whole_window() -> None:
+    """Until the first result is back only ``first_wave`` rows are in flight (a server handed
+    the whole window answers none of it before a whole batch); then the window opens."""
+    live = peak = 0
+    first_back = asyncio.Event()
+    peak_before_first = 0
+
+    async def handler(method: str, path: str, body: bytes | None) -> Response:
+        nonlocal live, peak, peak_before_first
+        live += 1
+        peak = max(peak, live)
+        if not first_back.is_set():
+            peak_before_first = max(peak_before_first, live)
+        await asyncio.sleep(0.02 if not first_back.is_set() else random.random() / 500)
+        first_back.set()
+        live -= 1
+        return Response(200, OK)
+
+    async with Dispatcher(MockTransport(handler), concurrency=64, first_wave=4) as d:
+        assert d.concurrency == 64  # what it opens to: the reorder buffer's size reads it
+        results = [r async for r in d.stream(req(i) for i in range(400))]
+    assert len(results) == 400
+    assert peak_before_first == 4 and peak == 64
+
+
 async def test_input_order_with_bounded_reorder_buffer() -> None:
     async def handler(method: str, path: str, body: bytes | None) -> Response:
         await asyncio.sleep(random.random() / 200)

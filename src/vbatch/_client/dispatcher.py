@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .._config import (
     DEFAULT_CONCURRENCY,
+    FIRST_WAVE,
     MAX_WINDOW,
     MONITOR_INTERVAL_S,
     ClientOptions,
@@ -69,10 +70,15 @@ class Dispatcher:
         controller: WindowController | None = None,
         fleet: Fleet | None = None,
         window_per_member: int | None = None,
+        first_wave: int | None = FIRST_WAVE,
     ) -> None:
         """With a ``fleet`` (started: its lifetime is its owner's), a row whose server died is
         sent again uncharged (sender.py); with ``window_per_member`` too, the fixed window is
-        that many times the members up, following them as they join and leave."""
+        that many times the members up, following them as they join and leave.
+        ``first_wave``: rows in flight until the first result is back (None: the window at
+        once). A server given the whole window at once answers none of it before it has
+        prefilled a whole batch; a few rows first come back in a few steps, and the window
+        opens as soon as one has (docs/benchmarks.md §1, "First result")."""
         if concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
         self.transport = transport
@@ -83,7 +89,11 @@ class Dispatcher:
         self.adaptive = adaptive
         self.controller = controller or WindowController(concurrency, max_window)
         self.monitor = LoadMonitor(transport, self._on_load, monitor_interval_s)
-        self.pool: WorkerPool[Work] = WorkerPool(concurrency, self._run)
+        self._window = concurrency  # the pool's size once the first wave is over
+        if first_wave is not None and first_wave >= concurrency:
+            first_wave = None  # a window that small is its own first wave
+        self._first_wave = first_wave
+        self.pool: WorkerPool[Work] = WorkerPool(first_wave or concurrency, self._run)
         self.output_tokens = 0  # received over all jobs, for the adaptive window
         self.window_per_member = window_per_member
         if window_per_member is not None and isinstance(transport, FleetTransport):
@@ -91,7 +101,8 @@ class Dispatcher:
 
     @property
     def concurrency(self) -> int:
-        return self.pool.size
+        """The window (during the first wave, what it opens to)."""
+        return self._window
 
     async def __aenter__(self) -> Dispatcher:
         self.start()
@@ -112,7 +123,14 @@ class Dispatcher:
 
     def resize(self, concurrency: int) -> None:
         """Change the window while running."""
-        self.pool.resize(concurrency)
+        self._window = max(1, concurrency)
+        wave = self._first_wave
+        self.pool.resize(self._window if wave is None else min(wave, self._window))
+
+    def _first_result(self) -> None:
+        if self._first_wave is not None:
+            self._first_wave = None
+            self.pool.resize(self._window)
 
     def _members_changed(self, up: int) -> None:
         assert self.window_per_member is not None
@@ -206,6 +224,8 @@ class Dispatcher:
             job.fail(exc)
             return
         self.output_tokens += result.completion_tokens
+        if self._first_wave is not None:
+            self._first_result()
         await job.deliver(work, result)
 
     async def execute(
