@@ -127,11 +127,6 @@ class Dispatcher:
         wave = self._first_wave
         self.pool.resize(self._window if wave is None else min(wave, self._window))
 
-    def _first_result(self) -> None:
-        if self._first_wave is not None:
-            self._first_wave = None
-            self.pool.resize(self._window)
-
     def _members_changed(self, up: int) -> None:
         assert self.window_per_member is not None
         self.resize(self.window_per_member * max(1, up))
@@ -224,8 +219,9 @@ class Dispatcher:
             job.fail(exc)
             return
         self.output_tokens += result.completion_tokens
-        if self._first_wave is not None:
-            self._first_result()
+        if self._first_wave is not None:  # the first result is back: open the whole window
+            self._first_wave = None
+            self.pool.resize(self._window)
         await job.deliver(work, result)
 
     async def execute(

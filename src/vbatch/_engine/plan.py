@@ -1,9 +1,11 @@
 """Decide how to start vLLM for one job: which engine settings, how many replicas, what window.
 
 ``plan_launch`` is pure: it takes the facts as values (the model's files and config, what the
-data needs, the machine) and the caller's ``LaunchOptions``. ``plan_server`` gathers the facts
-(resolving the model, counting the prompts' tokens) and plans. The choices here were measured:
-docs/benchmarks.md §2 ("Engine settings for batch work").
+data needs, the machine, the LoRA adapters' configs) and the caller's ``LaunchOptions``; only
+where a caller does not give the adapters' facts does it read them from their folders.
+``plan_server`` gathers the facts (resolving the model, counting the prompts' tokens) and
+plans. The choices here were measured: docs/benchmarks.md §2 ("Engine settings for batch
+work").
 """
 
 from __future__ import annotations

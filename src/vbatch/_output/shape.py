@@ -86,10 +86,8 @@ def _arrow(columns: dict[str, list[Any]]) -> Any:
         if name in columns:
             lists = any(isinstance(v, list) for v in columns[name])
             types[name] = pa.list_(text) if lists else text
-    arrays = {n: pa.array(v, type=types.get(n)) for n, v in columns.items() if n != "parsed"}
-    if "parsed" in columns:
-        arrays["parsed"] = _parsed_array(columns["parsed"])
-        arrays = {n: arrays[n] for n in columns}
+    arrays = {n: _parsed_array(v) if n == "parsed" else pa.array(v, type=types.get(n))
+              for n, v in columns.items()}  # fmt: skip
     return pa.table(arrays)
 
 
