@@ -25,11 +25,13 @@
 #                    its engine process (a second import of torch and vLLM) where offline LLM()
 #                    forks it; does forking close the ~22 s between the two? (each vbatch record
 #                    carries its servers' timeline: args, engine, graphs, init_done, serving)
-#   vbr1-SHAPE       vb-SHAPE with one server (--replicas 1): start-up without three at once
+#   vbrN-SHAPE       vb-SHAPE with N servers (--replicas N; vbr1: start-up without three at once)
 #   vbbtN-SHAPE      vb-SHAPE with --max-num-batched-tokens N (the plan's own overridden)
 #   vbka-SHAPE       vb-SHAPE with --keep-alive 10m: the servers stay up after the command
 #   vbwarm-SHAPE     vb-SHAPE again, no flags: it attaches to the warm fleet vbka- left
 #   vbstop           vbatch stop --all (the warm fleet), timed
+#   VB_EXTRA=...     more `vbatch run` flags for every vb-, vbka- and vbwarm- step of this call
+#                    (a warm fleet attaches only runs with its own engine flags)
 #   ray-start        a one-node Ray cluster on this machine, on loopback (127.0.0.1:6380), for:
 #   ray-rN           launch-rN with Ray placing the N servers (--ray): N members of 1/N GPU each
 #   ray-stop         stop that cluster
@@ -60,12 +62,12 @@ for step in "$@"; do
     vbatch-w*) $B vbatch --case vbatch_server_window${step#vbatch-w} --input $VB_INPUT --vbatch-args="--concurrency ${step#vbatch-w}";;
     cut-*) VB_INPUT=/root/bench/prompts_${step#cut-}.jsonl; head -n ${step#cut-} /root/bench/prompts.jsonl > $VB_INPUT;;
     off-*) timeout 590 $B offline --shape ${step#off-} --case offline_${step#off-} > /root/logs/offline_${step#off-}.log 2>&1 || tail -40 /root/logs/offline_${step#off-}.log;;
-    vb-*) timeout 590 $B vbatch-launch --shape ${step#vb-} --case vbatch_${step#vb-};;
+    vb-*) timeout 590 $B vbatch-launch --shape ${step#vb-} --case vbatch_${step#vb-}${VB_EXTRA:+_extra} --vbatch-args="${VB_EXTRA:-}";;
     vbfork-*) VLLM_WORKER_MULTIPROC_METHOD=fork timeout 590 $B vbatch-launch --shape ${step#vbfork-} --case vbatch_${step#vbfork-}_fork;;
-    vbr1-*) timeout 590 $B vbatch-launch --shape ${step#vbr1-} --case vbatch_${step#vbr1-}_r1 --vbatch-args="--replicas 1";;
+    vbr*) n=${step%%-*}; n=${n#vbr}; shape=${step#*-}; timeout 590 $B vbatch-launch --shape $shape --case vbatch_${shape}_r$n --vbatch-args="--replicas $n";;
     vbbt*) n=${step%%-*}; n=${n#vbbt}; shape=${step#*-}; timeout 590 $B vbatch-launch --shape $shape --case vbatch_${shape}_bt$n --vbatch-args="--vllm-arg=--max-num-batched-tokens=$n";;
-    vbka-*) timeout 590 $B vbatch-launch --shape ${step#vbka-} --case vbatch_${step#vbka-}_keepalive --vbatch-args="--keep-alive 10m";;
-    vbwarm-*) timeout 590 $B vbatch-launch --shape ${step#vbwarm-} --case vbatch_${step#vbwarm-}_attached;;
+    vbka-*) timeout 590 $B vbatch-launch --shape ${step#vbka-} --case vbatch_${step#vbka-}_keepalive${VB_EXTRA:+_extra} --vbatch-args="--keep-alive 10m ${VB_EXTRA:-}";;
+    vbwarm-*) timeout 590 $B vbatch-launch --shape ${step#vbwarm-} --case vbatch_${step#vbwarm-}_attached${VB_EXTRA:+_extra} --vbatch-args="${VB_EXTRA:-}";;
     vbstop) s0=$SECONDS; python3 -m vbatch stop --all --force; echo "RESULT {\"case\": \"vbatch_stop\", \"wall_s\": $((SECONDS - s0))}";;
     vbapi2-*) timeout 590 $B vbatch-launch --shape ${step#vbapi2-} --case vbatch_${step#vbapi2-}_api2 --vbatch-args="--vllm-arg=--api-server-count=2";;
     seed16) $B seed --case seed_sem500 --max-tokens 16;;

@@ -158,6 +158,9 @@ MAX_RECORDED_MODELS = 1_000
 # -- watching servers ------------------------------------------------------------------------------
 
 HEALTH_INTERVAL_S = 1.0  # every member's /health is asked this often
+# A starting server is asked more often: the first result waits on the first answer, and a
+# refused connection costs nothing.
+STARTUP_POLL_S = 0.1
 PROBE_TIMEOUT_S = 5.0  # a /health that takes longer counts as a failed probe
 # A member whose process lives but fails this many probes in a row is taken out (a hung
 # server); a probe after a request failed without a reply takes it out at once.

@@ -25,6 +25,7 @@ from pathlib import Path
 from .._config import (
     DEFAULT_HOST,
     STARTING_STOP_GRACE_S,
+    STARTUP_POLL_S,
     STARTUP_TIMEOUT_S,
     STOP_GRACE_S,
     Backend,
@@ -207,7 +208,7 @@ class VllmServer:
             raise self.failure(f"vLLM was not healthy within {self.spec.startup_timeout_s:.0f}s")
         return False
 
-    def wait_healthy(self, poll_s: float = 0.5) -> None:
+    def wait_healthy(self, poll_s: float = STARTUP_POLL_S) -> None:
         """Block until the server is healthy; raise if the process dies or time runs out."""
         while not self.healthy():
             time.sleep(poll_s)

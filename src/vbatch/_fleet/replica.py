@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .._config import RESTART_WINDOW_S, UNHEALTHY_PROBES
+from .._config import RESTART_WINDOW_S, STARTUP_POLL_S, UNHEALTHY_PROBES
 from .._engine.server import VllmServer
 from .._errors import FleetError, LaunchError
 from .roster import Roster
@@ -92,7 +92,7 @@ class Replica:
                 if time.monotonic() - self.started_at > server.spec.startup_timeout_s:
                     timeout = server.spec.startup_timeout_s
                     raise server.failure(f"vLLM was not healthy within {timeout:.0f}s")
-                await asyncio.sleep(min(self.shared.interval_s, 0.5))
+                await asyncio.sleep(min(self.shared.interval_s, STARTUP_POLL_S))
         finally:
             self.shared.start_slot.release()
 
