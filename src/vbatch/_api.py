@@ -31,6 +31,7 @@ from ._options import client_options as _client_options
 from ._progress import NullProgress, Progress, choose_progress
 from ._run.generate import generate as _generate
 from ._run.runner import ResultStream, run_job
+from ._tasks import run_sync
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -149,18 +150,6 @@ def stream(
     groups = split_options(input, output, options, client, launch)
     servers = _servers(groups, base_url, ray, dispatcher)
     return ResultStream(groups.job, servers, client=groups.client)
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on a fresh event loop, uvloop's when installed (less CPU per request)."""
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
 
 
 def run(

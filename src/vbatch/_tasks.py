@@ -1,15 +1,29 @@
 """Task lifetimes, the same way everywhere: a task group whose failure is the error itself,
-cancelling a block when an event is set (Ctrl-C), and ending background tasks (cancel them,
-then wait until each has run its clean-up)."""
+cancelling a block when an event is set (Ctrl-C), ending background tasks (cancel them,
+then wait until each has run its clean-up), and a coroutine run on a loop of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["CancelledOn", "cancel_and_wait", "task_group"]
+__all__ = ["CancelledOn", "cancel_and_wait", "run_sync", "task_group"]
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a fresh event loop, uvloop's when installed (less CPU per request)."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:

@@ -17,10 +17,9 @@ from starlette.exceptions import HTTPException
 
 from .._client.dispatcher import Dispatcher
 from .auth import Keys
-from .batchjob import share_weight
 from .filestore import FileStore
 from .ids import is_id, new_id
-from .objects import TERMINAL, error_body, file_object, new_batch, page
+from .objects import TERMINAL, error_body, file_object, new_batch, page, share_weight
 from .page import PAGE
 from .runner import BatchRunner
 from .store import FileRow, Store

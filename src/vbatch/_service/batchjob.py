@@ -18,28 +18,10 @@ from .._output.writer import OutputState
 from .._run.runner import iter_results
 from .._tasks import CancelledOn
 from .filestore import FileStore
+from .objects import share_weight
 from .validation import ENDPOINTS
 
-__all__ = ["PRIORITY_KEY", "batch_writer", "run_rows", "share_weight"]
-
-# The metadata key that weights a batch's share of the window. Metadata is the user's free text
-# in OpenAI's API (``{"priority": "high"}`` is fine there), so vbatch reads a key of its own.
-PRIORITY_KEY = "vbatch_priority"
-
-
-def share_weight(metadata: dict[str, Any] | None) -> tuple[float, str | None]:
-    """A batch's share of the window: ``metadata["vbatch_priority"]`` (a number, 0.1-100),
-    else 1; and why the key was ignored, when it was (the batch still runs, at weight 1)."""
-    value = (metadata or {}).get(PRIORITY_KEY)
-    if value is None:
-        return 1.0, None
-    try:
-        weight = float(value)
-    except ValueError:
-        weight = 0.0
-    if not 0.1 <= weight <= 100:
-        return 1.0, f"metadata[{PRIORITY_KEY!r}] {value!r} is not a number from 0.1 to 100: ignored"
-    return weight, None
+__all__ = ["batch_writer", "run_rows"]
 
 
 def batch_writer(files: FileStore, batch_id: str, state: JobStateStore) -> SplitResultWriter:

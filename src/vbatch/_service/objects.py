@@ -1,5 +1,6 @@
 """The API's objects as the ``openai`` package's types define them (``FileObject``, ``Batch``,
-``BatchError``, list pages and the error body)."""
+``BatchError``, list pages and the error body), and the metadata key that weights a batch's
+share of the window (read by the API's process and the runner's alike)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from .store import FileRow
 
 __all__ = [
     "BATCH_STATUSES",
+    "PRIORITY_KEY",
     "TERMINAL",
     "batch_error",
     "error_body",
     "file_object",
     "new_batch",
     "page",
+    "share_weight",
 ]
 
 BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
@@ -90,3 +93,23 @@ def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 def error_body(message: str, type_: str, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:  # fmt: skip
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# The metadata key that weights a batch's share of the window. Metadata is the user's free text
+# in OpenAI's API (``{"priority": "high"}`` is fine there), so vbatch reads a key of its own.
+PRIORITY_KEY = "vbatch_priority"
+
+
+def share_weight(metadata: dict[str, Any] | None) -> tuple[float, str | None]:
+    """A batch's share of the window: ``metadata["vbatch_priority"]`` (a number, 0.1-100),
+    else 1; and why the key was ignored, when it was (the batch still runs, at weight 1)."""
+    value = (metadata or {}).get(PRIORITY_KEY)
+    if value is None:
+        return 1.0, None
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = 0.0
+    if not 0.1 <= weight <= 100:
+        return 1.0, f"metadata[{PRIORITY_KEY!r}] {value!r} is not a number from 0.1 to 100: ignored"
+    return weight, None

@@ -23,9 +23,9 @@ from typing import Any
 from .._client.dispatcher import Dispatcher
 from .._config import OverflowPolicy
 from .._tasks import cancel_and_wait
-from .batchjob import share_weight
 from .drive import ActiveBatch, BatchDriver
 from .filestore import FileStore
+from .objects import share_weight
 from .store import Store
 
 __all__ = ["ActiveBatch", "BatchRunner"]
