@@ -154,6 +154,14 @@ MAX_REPORTED_ERRORS = 100
 # A scan that cannot yet check rows' models against the servers' list records at most this many
 # distinct names to check once it comes: a server serves a handful (a model, its adapters).
 MAX_RECORDED_MODELS = 1_000
+# The service's two processes (_service/serve.py): the runner ticks this often (starting the
+# batches the API's process created, applying its cancels, publishing live counts for it), so
+# what the API shows of a running batch is at most about this old.
+RUNNER_TICK_S = 0.5
+# The API's process says it serves within this (imports, the database), else the service ends.
+API_START_TIMEOUT_S = 60.0
+# SIGTERM lets the API's process finish the requests it holds for this long, then SIGKILL.
+API_STOP_GRACE_S = 10.0
 
 # -- watching servers ------------------------------------------------------------------------------
 

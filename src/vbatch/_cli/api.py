@@ -115,9 +115,8 @@ def api_command(
     and show live at http://HOST:PORT/.
     """
     try:
-        from .._service import ServiceSettings, serve
         from .._service.auth import load_keys
-        from .._service.serve import default_data_dir
+        from .._service.serve import ServiceSettings, default_data_dir, serve
     except ImportError as exc:  # pragma: no cover - fastapi and uvicorn come with vLLM
         raise UserError(
             f"vbatch api needs the api extra (pip install 'vbatch[api]'): {exc}"

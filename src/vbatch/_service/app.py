@@ -1,11 +1,17 @@
 """The HTTP routes: OpenAI's ``/v1/files`` and ``/v1/batches``, the status page at ``/`` and
 its data at ``/v1/vbatch/status``. Every ``/v1`` route needs a key (when the service has keys)
-and sees only that key's objects: another key's id is answered 404, as an unknown one is."""
+and sees only that key's objects: another key's id is answered 404, as an unknown one is.
+
+They run in the API's own process (apiserver.py), apart from the runner's: every answer comes
+from the database and the data folder, and every change goes into the database, where the
+runner finds it on its tick (a batch to start, a cancel to apply: serve.py)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
@@ -15,16 +21,15 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from .._client.dispatcher import Dispatcher
 from .auth import Keys
 from .filestore import FileStore
 from .ids import is_id, new_id
-from .objects import TERMINAL, error_body, file_object, new_batch, page, share_weight
+from .objects import CANCELLABLE, TERMINAL, error_body, file_object, new_batch, page, share_weight
 from .page import PAGE
-from .runner import BatchRunner
-from .store import FileRow, Store
+from .store import FileRow, ShownBatch, Store
 from .uploads import TooLarge, UploadError, receive_upload
 from .validation import ENDPOINTS
+from .views import batch_view, status_doc
 
 __all__ = ["APIError", "Service", "create_app"]
 
@@ -56,10 +61,9 @@ def _not_found(kind: str, object_id: str) -> APIError:
 class Service:
     store: Store
     files: FileStore
-    runner: BatchRunner
-    dispatcher: Dispatcher
     keys: Keys
     max_file_bytes: int
+    clock: Callable[[], float] = field(default=time.time)
 
 
 class BatchCreate(BaseModel):
@@ -98,7 +102,7 @@ def window_seconds(window: str) -> int:
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="vbatch Batch API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    store, files, runner = service.store, service.files, service.runner
+    store, files, clock = service.store, service.files, service.clock
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -132,6 +136,12 @@ def create_app(service: Service) -> FastAPI:
             raise _not_found("file", file_id)
         return row
 
+    def own_batch(who: str, batch_id: str) -> ShownBatch:
+        shown = store.shown_batch(who, batch_id) if is_id(batch_id, "batch") else None
+        if shown is None:
+            raise _not_found("batch", batch_id)
+        return shown
+
     # -- files -----------------------------------------------------------------------------------
 
     @app.post("/v1/files")
@@ -155,11 +165,11 @@ def create_app(service: Service) -> FastAPI:
             if purpose not in PURPOSES:
                 raise APIError(400, f"purpose must be one of {', '.join(PURPOSES)}; got "
                                     f"{purpose!r}", param="purpose")  # fmt: skip
-            expires_at = _expires_at(upload.fields, purpose, int(runner.clock()))
+            expires_at = _expires_at(upload.fields, purpose, int(clock()))
         except APIError:
             files.remove(location)
             raise
-        row = FileRow(file_id, who, upload.size, int(runner.clock()), expires_at,
+        row = FileRow(file_id, who, upload.size, int(clock()), expires_at,
                       upload.filename or "upload", purpose, location)  # fmt: skip
         store.add_file(row)
         return file_object(row)
@@ -206,42 +216,48 @@ def create_app(service: Service) -> FastAPI:
         window = window_seconds(body.completion_window)
         _check_metadata(body.metadata)
         output_ttl = _ttl(body.output_expires_after, "output_expires_after")
-        source = own_file(who, body.input_file_id)
-        if source.purpose != "batch":
-            raise APIError(400, f"file {source.id} has purpose {source.purpose!r}, not "
-                                "'batch'", param="input_file_id")  # fmt: skip
-        now = int(runner.clock())
-        doc = new_batch(new_id("batch"), source.id, body.endpoint, body.completion_window,
-                        body.metadata, now, now + window)  # fmt: skip
-        # vbatch's own facts beside OpenAI's fields (the openai client keeps unknown fields).
         weight, ignored = share_weight(body.metadata)
-        doc["vbatch"] = {"share_weight": weight, "notes": [ignored] if ignored else []}
-        runner.submit(who, doc, source.location, output_ttl)
-        return runner.batch(who, doc["id"]) or doc
+        now = int(clock())
+        # The check and the insert in one transaction: the runner removing the file as it
+        # expires (its own transaction) comes wholly before (404 here) or after (it is kept).
+        with store.transaction():
+            source = own_file(who, body.input_file_id)
+            if source.purpose != "batch":
+                raise APIError(400, f"file {source.id} has purpose {source.purpose!r}, not "
+                                    "'batch'", param="input_file_id")  # fmt: skip
+            doc = new_batch(new_id("batch"), source.id, body.endpoint, body.completion_window,
+                            body.metadata, now, now + window)  # fmt: skip
+            # vbatch's own facts beside OpenAI's fields (the openai client keeps unknown ones).
+            doc["vbatch"] = {"share_weight": weight, "notes": [ignored] if ignored else []}
+            # "validating": the runner starts it on its next tick.
+            store.add_batch(who, doc, source.location, output_ttl)
+        return doc
 
     @app.get("/v1/batches")
     async def list_batches(
         who: Owner, after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
     ) -> Response:
-        docs, more = store.batches(who, after, limit)
-        return _json(page([runner.batch(who, d["id"]) or d for d in docs], more))
+        shown, more = store.shown_batches(who, after, limit)
+        return _json(page([batch_view(s) for s in shown], more))
 
     @app.get("/v1/batches/{batch_id}")
     async def get_batch(batch_id: str, who: Owner) -> Response:
-        doc = runner.batch(who, batch_id) if is_id(batch_id, "batch") else None
-        if doc is None:
-            raise _not_found("batch", batch_id)
-        return _json(doc)
+        return _json(batch_view(own_batch(who, batch_id)))
 
     @app.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(batch_id: str, who: Owner) -> dict[str, Any]:
-        doc = runner.cancel(who, batch_id) if is_id(batch_id, "batch") else None
-        if doc is None:
-            raise _not_found("batch", batch_id)
+    async def cancel_batch(batch_id: str, who: Owner) -> Response:
+        # Written where only the API writes (batch_cancels, m007): the runner applies it on
+        # its tick, and no save of the batch by the runner can undo it.
+        with store.transaction():
+            shown = own_batch(who, batch_id)
+            if shown.doc["status"] in CANCELLABLE and shown.cancel_at is None:
+                store.request_cancel(batch_id, int(clock()))
+                shown = own_batch(who, batch_id)
+        doc = batch_view(shown)
         if doc["status"] in TERMINAL - {"cancelled"}:
             raise APIError(409, f"batch {batch_id} is {doc['status']}; it cannot be "
                                 "cancelled", code="batch_not_cancellable")  # fmt: skip
-        return doc
+        return _json(doc)
 
     # -- the status page -------------------------------------------------------------------------
 
@@ -251,25 +267,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/vbatch/status")
     async def status(who: Owner) -> Response:
-        docs, _ = store.batches(who, None, 50)
-        fleet = service.dispatcher.snapshot().fleet
-        health = None
-        if fleet is not None:
-            health = {"members": fleet.members, "up": fleet.up, "restarts": fleet.restarts,
-                      "failure": fleet.failure,
-                      "servers": [{"url": s.url, "up": s.up, "restarts": s.restarts}
-                                  for s in fleet.servers]}  # fmt: skip
-        return _json(
-            {
-                "now": runner.clock(),
-                "batches": [runner.progress(who, d) for d in docs],
-                "fleet": health,
-                # Fleet-wide: every key's batches (the fleet is shared); per batch: the key's own.
-                "tokens_per_s": [[round(t, 1), round(r, 1)] for t, r in runner.rates.fleet],
-                "window": service.dispatcher.concurrency,
-                "in_flight": service.dispatcher.sender.in_flight,
-            }
-        )
+        shown, _ = store.shown_batches(who, None, 50)
+        return _json(status_doc(shown, store.live_fleet(), clock()))
 
     return app
 

@@ -25,6 +25,17 @@ class Keys:
     def __init__(self, keys: list[str]) -> None:
         self._digests = [_digest(key) for key in keys]
 
+    @classmethod
+    def from_digests(cls, digests: list[str]) -> Keys:
+        """Keys from their digests (hex): how the API's process gets them (apiprocess.py)."""
+        keys = cls([])
+        keys._digests = [bytes.fromhex(d) for d in digests]
+        return keys
+
+    @property
+    def digests(self) -> list[str]:
+        return [d.hex() for d in self._digests]
+
     @property
     def required(self) -> bool:
         return bool(self._digests)

@@ -74,14 +74,18 @@ class BatchDriver:
         self.notify = notify
         self.clock = clock
 
-    def set(self, active: ActiveBatch, status: str, **fields: Any) -> None:
-        """Move the batch to ``status`` and save it (with the live counts)."""
+    def set(self, active: ActiveBatch, status: str, at: int | None = None, **fields: Any) -> None:
+        """Move the batch to ``status`` (at ``at``, else now) and save it (with the live
+        counts); an ended batch's cancel request goes with it (m007)."""
         doc = active.doc
         doc.update(fields)
         doc["status"] = status
-        doc[f"{status}_at"] = int(self.clock())
+        doc[f"{status}_at"] = int(self.clock()) if at is None else at
         doc["request_counts"] = active.live_counts()
-        self.store.save_batch(doc)
+        with self.store.transaction():
+            self.store.save_batch(doc)
+            if status in TERMINAL:
+                self.store.drop_cancel(doc["id"])
         if status in TERMINAL:
             self.notify(doc)
 
@@ -200,6 +204,12 @@ class BatchDriver:
                                  "failed": counts.failed}  # fmt: skip
         location = self.store.batch_input(batch_id)
         with self.store.transaction():
+            cancel_at = self.store.cancel_requested(batch_id)
+            if status == "completed" and cancel_at is not None:
+                # The API took a cancel as its last rows came back: it showed "cancelling"
+                # since (views.py), so it ends cancelled, with every row's result.
+                status = "cancelled"
+                fields["cancelling_at"] = doc.get("cancelling_at") or cancel_at
             fields.update(register_outputs(self.store, self.files, active.owner, batch_id,
                                            int(self.clock())))  # fmt: skip
             self.store.drop_custom_ids(batch_id)  # an ended batch needs them no more

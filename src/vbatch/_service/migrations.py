@@ -126,3 +126,28 @@ def m006_batch_inputs(db: sqlite3.Connection) -> None:
         SELECT batches.id, files.location FROM batches JOIN files
         ON files.id = json_extract(batches.doc, '$.input_file_id')
         WHERE batches.status IN ('validating', 'in_progress', 'finalizing', 'cancelling')""")
+
+
+@migration
+def m007_cancels_and_live(db: sqlite3.Connection) -> None:
+    # The API and the runner are two processes (serve.py): what one tells the other is here.
+    # batch_cancels: cancels the API accepted, which the runner applies on its tick; the runner
+    # never writes this table, so none of its saves of a batch can undo a cancel, and the API's
+    # views show "cancelling" over the stored status until the batch ends (views.py).
+    db.execute("""
+        CREATE TABLE batch_cancels (
+            batch_id TEXT PRIMARY KEY,
+            requested_at INTEGER NOT NULL
+        )""")
+    # What only the runner knows live, published each tick: a JSON per batch (its flushed
+    # counts, rate, ETA, share, output tokens/s) and one for the fleet (servers, window).
+    db.execute("""
+        CREATE TABLE live_batches (
+            batch_id TEXT PRIMARY KEY,
+            doc TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE live_fleet (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            doc TEXT NOT NULL
+        )""")

@@ -10,6 +10,7 @@ from .store import FileRow
 
 __all__ = [
     "BATCH_STATUSES",
+    "CANCELLABLE",
     "PRIORITY_KEY",
     "TERMINAL",
     "batch_error",
@@ -23,6 +24,8 @@ __all__ = [
 BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
                   "cancelling", "cancelled")  # fmt: skip
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
+# A cancel of a batch in one of these is taken; later (finalizing, cancelling) it changes nothing.
+CANCELLABLE = ("validating", "in_progress")
 
 
 def file_object(row: FileRow) -> dict[str, Any]:

@@ -5,27 +5,28 @@ Each batch's progress is the core's: its rows go through ``iter_results`` with a
 ``SplitResultWriter`` (crash-safe output and error files) and its job state in SQLite
 (``DbStateStore``), so a service killed at any point and started again resumes every batch
 where its files end: no row is sent into them twice and none is lost. ``BatchDriver``
-(``drive.py``) takes one batch through its steps; the runner starts a drive for each batch,
-answers what the API asks of running ones, and ticks: expiring batches whose window ended,
-saving live counts, removing expired files.
+(``drive.py``) takes one batch through its steps; the runner starts a drive for each batch
+and ticks: starting the batches the API's process created, applying the cancels it took (both
+through the database: serve.py), expiring batches whose window ended, publishing what runs
+for the API to read (views.py), saving live counts, removing expired files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._client.dispatcher import Dispatcher
-from .._config import OverflowPolicy
+from .._config import RUNNER_TICK_S, OverflowPolicy
 from .._tasks import cancel_and_wait
 from .drive import ActiveBatch, BatchDriver
 from .filestore import FileStore
-from .objects import share_weight
+from .objects import CANCELLABLE, TERMINAL, share_weight
 from .store import Store
 
 __all__ = ["ActiveBatch", "BatchRunner"]
@@ -40,8 +41,9 @@ class RateHistory:
     """Output tokens/s over the last minutes, fleet-wide and per batch: each sample is the
     tokens the batches' results brought since the one before, over the time between."""
 
-    def __init__(self, keep: int = RATE_SAMPLES) -> None:
+    def __init__(self, keep: int = RATE_SAMPLES, every_s: float = RATE_SAMPLE_S) -> None:
         self.keep = keep
+        self.span_s = keep * every_s  # a batch's history older than this goes (it ended)
         self.fleet: deque[tuple[float, float]] = deque(maxlen=keep)
         self.batches: dict[str, deque[tuple[float, float]]] = {}
         self._tokens: dict[str, int] = {}
@@ -58,6 +60,9 @@ class RateHistory:
                 history.append((now, added / span))
             self.fleet.append((now, total / span))
         self._tokens, self._at = dict(tokens), now
+        ended = [b for b, h in self.batches.items() if not h or h[-1][0] < now - self.span_s]
+        for batch_id in ended:
+            del self.batches[batch_id]
 
     def of(self, batch_id: str) -> list[tuple[float, float]]:
         return list(self.batches.get(batch_id, ()))
@@ -74,7 +79,7 @@ class BatchRunner:
         on_overflow: OverflowPolicy = "error",
         notify: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.time,
-        tick_s: float = 0.5,
+        tick_s: float = RUNNER_TICK_S,
         rate_sample_s: float = RATE_SAMPLE_S,
     ) -> None:
         self.store = store
@@ -82,91 +87,109 @@ class BatchRunner:
         self.clock = clock
         self.tick_s = tick_s
         self.rate_sample_s = rate_sample_s
-        self.rates = RateHistory()
+        self.rates = RateHistory(every_s=rate_sample_s)
         self.driver = BatchDriver(store, files, dispatcher, max_lines=max_lines,
                                   on_overflow=on_overflow, notify=notify or (lambda doc: None),
                                   clock=clock)  # fmt: skip
         self.active: dict[str, ActiveBatch] = {}
+        self._started: set[str] = set()  # ids of the batches driven, or ended, in this process
         self._ticker: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Pick up every batch a previous run of the service left unfinished."""
-        unfinished = ("validating", "in_progress", "finalizing", "cancelling")
-        for owner, doc in self.store.batches_in(unfinished):
-            log.info("resuming %s (%s)", doc["id"], doc["status"])
-            active = ActiveBatch(owner, doc)
-            if doc["status"] != "validating":
-                doc["request_counts"] = self.driver.durable_counts(active)
-            self._start(active)
+        """Pick up every batch a previous run of the service left unfinished, publish, tick."""
+        self.store.clear_live()  # the previous runner's: nothing of it runs now
+        self._pick_up()
+        self._apply_cancels()
+        self._publish(save=False)
         self._ticker = asyncio.create_task(self._tick())
 
     async def aclose(self) -> None:
         """Stop every batch where it is (its files closed whole); they resume at next start."""
         await cancel_and_wait(self._ticker, *(a.task for a in self.active.values()))
 
-    def submit(
-        self,
-        owner: str,
-        doc: dict[str, Any],
-        input_location: str,
-        output_ttl_s: int | None = None,
-    ) -> None:
-        self.store.add_batch(owner, doc, input_location, output_ttl_s)
-        self._start(ActiveBatch(owner, doc))
+    # -- what the API's process reads (views.py) -----------------------------------------------
 
-    def cancel(self, owner: str, batch_id: str) -> dict[str, Any] | None:
-        active = self.active.get(batch_id)
-        if active is None or active.owner != owner:
-            return self.store.batch(owner, batch_id)  # finished (or not there): as it is
-        if active.doc["status"] in ("validating", "in_progress"):
-            self.driver.set(active, "cancelling")
-            active.stop.set()
-        return self.view(active)
+    def _publish(self, save: bool) -> None:
+        """Each batch's live facts and the fleet's, for the API's process, in one transaction;
+        with ``save``, the running batches' counts into their stored objects too (what a
+        restart starts from)."""
+        with self.store.transaction():
+            if save:
+                for active in self.active.values():
+                    if active.stats is not None:
+                        active.doc["request_counts"] = active.live_counts()
+                        self.store.save_batch(active.doc)
+            live = {batch_id: {"tokens_per_s": _rounded(history)}
+                    for batch_id, history in self.rates.batches.items()}  # fmt: skip
+            weights = {batch_id: share_weight(a.doc["metadata"])[0]
+                       for batch_id, a in self.active.items()
+                       if a.doc["status"] == "in_progress"}  # fmt: skip
+            for batch_id, active in self.active.items():
+                live[batch_id] = self._live(active, weights)
+            self.store.publish_live(live, self._fleet())
 
-    def view(self, active: ActiveBatch) -> dict[str, Any]:
-        return {**active.doc, "request_counts": active.live_counts()}
-
-    def progress(self, owner: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """What the status page shows of a batch: its counts and times, its files; while it
-        runs its rate, the time left at that rate, its share of the window and its output
+    def _live(self, active: ActiveBatch, weights: dict[str, float]) -> dict[str, Any]:
+        """A running batch's facts: its flushed counts (never more than its files hold, so
+        that a restart never takes a count back), its rate, the time left at that rate, its
+        part of the window (its weight over those of every running batch) and its output
         tokens/s over the last minutes."""
-        active = self.active.get(doc["id"])
-        view = self.view(active) if active is not None and active.owner == owner else doc
-        stats = active.stats if active is not None else None
-        running = view["status"] == "in_progress"
+        stats, batch_id = active.stats, active.doc["id"]
+        mine = weights.get(batch_id)
         return {
-            "id": view["id"], "status": view["status"], "created_at": view["created_at"],
-            "in_progress_at": view.get("in_progress_at"),
-            "ended_at": next((view.get(f"{s}_at") for s in ("completed", "failed", "expired",
-                              "cancelled") if view.get(f"{s}_at")), None),
-            "metadata": view["metadata"], "request_counts": view["request_counts"],
+            "request_counts": active.live_counts(),
             "requests_per_s": round(stats.requests_per_s, 2) if stats else None,
             "eta_s": round(stats.eta_s, 1) if stats and stats.eta_s is not None else None,
-            "share": round(self._share(view), 3) if running else None,
-            "tokens_per_s": [[round(t, 1), round(r, 1)] for t, r in self.rates.of(view["id"])],
-            "output_file_id": view.get("output_file_id"),
-            "error_file_id": view.get("error_file_id"),
-        }  # fmt: skip
+            "share": round(mine / sum(weights.values()), 3) if mine is not None else None,
+            "tokens_per_s": _rounded(self.rates.of(batch_id)),
+        }
 
-    def _share(self, doc: dict[str, Any]) -> float:
-        """The batch's part of the window: its weight over those of every running batch."""
-        weights = [share_weight(a.doc["metadata"])[0] for a in self.active.values()
-                   if a.doc["status"] == "in_progress"]  # fmt: skip
-        mine = share_weight(doc["metadata"])[0]
-        return mine / sum(weights) if weights else 1.0
-
-    def batch(self, owner: str, batch_id: str) -> dict[str, Any] | None:
-        active = self.active.get(batch_id)
-        if active is not None and active.owner == owner:
-            return self.view(active)
-        return self.store.batch(owner, batch_id)
+    def _fleet(self) -> dict[str, Any]:
+        """The fleet's servers (state, restarts), output tokens/s of every key's batches (the
+        fleet is shared), the window and what is in it now."""
+        dispatcher = self.driver.dispatcher
+        fleet = dispatcher.snapshot().fleet
+        health = None
+        if fleet is not None:
+            health = {"members": fleet.members, "up": fleet.up, "restarts": fleet.restarts,
+                      "failure": fleet.failure,
+                      "servers": [{"url": s.url, "up": s.up, "restarts": s.restarts}
+                                  for s in fleet.servers]}  # fmt: skip
+        return {"fleet": health, "tokens_per_s": _rounded(self.rates.fleet),
+                "window": dispatcher.concurrency,
+                "in_flight": dispatcher.sender.in_flight}  # fmt: skip
 
     # -- one batch -------------------------------------------------------------------------------
 
+    def _pick_up(self) -> None:
+        """Start each unfinished batch this runner has not started: those a previous run
+        left, and those the API's process inserted since ("validating"). Once only: a drive
+        that ended short of the batch's end (an unforeseen error) waits for the next start."""
+        for batch_id in self.store.unfinished_ids():
+            found = None if batch_id in self._started else self.store.owned_batch(batch_id)
+            if found is None:
+                continue
+            owner, doc = found
+            active = ActiveBatch(owner, doc)
+            if doc["status"] != "validating":
+                log.info("resuming %s (%s)", batch_id, doc["status"])
+                doc["request_counts"] = self.driver.durable_counts(active)
+            self._start(active)
+
+    def _apply_cancels(self) -> None:
+        """The cancels the API's process accepted: a batch validating or running stops, its
+        finished rows kept (one finalizing ends "cancelled" at its end: drive.py)."""
+        for batch_id, at in self.store.cancels().items():
+            active = self.active.get(batch_id)
+            if active is not None and active.doc["status"] in CANCELLABLE:
+                self.driver.set(active, "cancelling", at=at)
+                active.stop.set()
+
     def _start(self, active: ActiveBatch) -> None:
-        self.active[active.doc["id"]] = active
+        batch_id = active.doc["id"]
+        self._started.add(batch_id)
+        self.active[batch_id] = active
         active.task = asyncio.create_task(self._drive(active))
 
     async def _drive(self, active: ActiveBatch) -> None:
@@ -174,35 +197,49 @@ class BatchRunner:
             await self.driver.drive(active)
         finally:
             self.active.pop(active.doc["id"], None)
+            if active.doc["status"] in TERMINAL:
+                self._started.discard(active.doc["id"])
 
     # -- the ticker ------------------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        """Expire batches whose window ended; save live counts now and then."""
+        """Start the batches the API created, apply the cancels it took, expire batches whose
+        window ended, publish what runs (saving counts now and then), sample output tokens/s
+        and remove expired files."""
         last_save = last_sample = 0.0
         while True:
             await asyncio.sleep(self.tick_s)
             now = time.monotonic()
-            if now - last_sample >= self.rate_sample_s:
-                last_sample = now
-                self.rates.sample(self.clock(), {
-                    batch_id: active.stats.completion_tokens
-                    for batch_id, active in self.active.items() if active.stats is not None
-                })  # fmt: skip
+            sample = now - last_sample >= self.rate_sample_s
             save = now - last_save >= SAVE_INTERVAL_S
-            for active in list(self.active.values()):
-                if self.driver.expired(active) and active.doc["status"] == "in_progress":
-                    active.stop.set()
-                if save and active.stats is not None:
-                    active.doc["request_counts"] = active.live_counts()
-                    with contextlib.suppress(Exception):
-                        self.store.save_batch(active.doc)
-            if save:
-                last_save = now
-                self._drop_expired_files()
+            last_sample, last_save = (now if sample else last_sample), (now if save else last_save)
+            try:
+                self._pick_up()
+                self._apply_cancels()
+                for active in list(self.active.values()):
+                    if self.driver.expired(active) and active.doc["status"] == "in_progress":
+                        active.stop.set()
+                if sample:
+                    self.rates.sample(self.clock(), {
+                        batch_id: active.stats.completion_tokens
+                        for batch_id, active in self.active.items() if active.stats is not None
+                    })  # fmt: skip
+                self._publish(save)
+                if save:
+                    self._drop_expired_files()
+            except (sqlite3.Error, OSError):  # the database busy past its timeout, say: again
+                log.exception("the batch runner's tick failed; it runs again in %s s", self.tick_s)
 
     def _drop_expired_files(self) -> None:
         for row in self.store.expired_files(int(self.clock())):
-            self.store.delete_file(row.owner, row.id)
-            if not self.store.location_used(row.location):  # else a batch still reads it
+            # With the check in one transaction: the API's process may be starting a batch
+            # on the file (its own transaction), which then either finds it gone or keeps it.
+            with self.store.transaction():
+                self.store.delete_file(row.owner, row.id)
+                used = self.store.location_used(row.location)  # else a batch still reads it
+            if not used:
                 self.files.remove(row.location)
+
+
+def _rounded(history: Iterable[tuple[float, float]]) -> list[list[float]]:
+    return [[round(t, 1), round(r, 1)] for t, r in history]

@@ -1,22 +1,25 @@
-"""The service's process: the fleet and its one dispatcher, the database, the runner that
-resumes unfinished batches, and uvicorn serving the routes on a socket bound before anything
-is printed (so ``--port 0`` works: the URL printed names the port taken)."""
+"""The service's two processes. This one, the runner's, owns every lifetime: the fleet and
+its one dispatcher, the database, the runner that drives the batches, the webhooks, and the
+API's process (apiserver.py: uvicorn serving the routes), its child, handed the socket bound
+here before anything is printed (so ``--port 0`` works: the URL printed names the port taken).
+
+Polls never take the dispatcher's core: the two share no memory, only the database (WAL) and
+the data folder. The API inserts batches and cancel requests; the runner, on its tick, starts
+the one and applies the other, and publishes what only it knows live (counts, rates, the
+fleet) for the API to read (runner.py, views.py). SIGINT or SIGTERM stops the API's process,
+then the batches (their files closed whole), then the fleet."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-import uvicorn
-
-from .._api import run_sync
 from .._client.dispatcher import Dispatcher, dispatcher_for
 from .._config import (
     DEFAULT_API_PORT,
@@ -27,8 +30,10 @@ from .._config import (
     OverflowPolicy,
 )
 from .._engine.paths import home
+from .._errors import VbatchError
 from .._fleet.factory import FleetFactory, FleetTarget, running
-from .app import Service, create_app
+from .._tasks import cancel_and_wait, run_sync
+from .apiprocess import ApiProcess, ApiSettings
 from .auth import Keys, check_host
 from .filestore import FileStore
 from .runner import BatchRunner
@@ -63,16 +68,6 @@ class ServiceSettings:
         check_host(self.host, self.keys)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling: after its graceful stop it raises the
-    signal again, which would end the process before the batches' files are closed and the
-    fleet (the vLLM servers launched) is stopped. ``_serve``'s handlers ask it to exit."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -85,7 +80,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def _serve(settings: ServiceSettings) -> None:
     settings.check()
-    store = Store(os.path.join(settings.data_dir, "vbatch-api.db"))
+    store = Store(_database(settings))
     files = FileStore(settings.data_dir)
     sock = _bind(settings.host, settings.port)  # before the fleet: a taken port fails at once
     webhooks = (Webhooks(settings.webhook_url, settings.webhook_secret)
@@ -107,6 +102,10 @@ async def _serve(settings: ServiceSettings) -> None:
         store.close()
 
 
+def _database(settings: ServiceSettings) -> str:
+    return os.path.join(settings.data_dir, "vbatch-api.db")
+
+
 async def _serve_with(
     settings: ServiceSettings,
     store: Store,
@@ -118,28 +117,44 @@ async def _serve_with(
     runner = BatchRunner(store, files, dispatcher, max_lines=settings.max_lines,
                          on_overflow=settings.on_overflow,
                          notify=webhooks.notify if webhooks else None)  # fmt: skip
-    runner.resume()
-    service = Service(store, files, runner, dispatcher, settings.keys,
-                      settings.max_file_bytes)  # fmt: skip
-    config = uvicorn.Config(create_app(service), lifespan="off", access_log=False,
-                            log_level="warning")  # fmt: skip
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"http://{shown}:{port}/v1", flush=True)
-    print(f"vbatch: Batch API at http://{shown}:{port}/v1 (status page at "
-          f"http://{shown}:{port}/)", file=sys.stderr, flush=True)  # fmt: skip
-    server = _Server(config)
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+        loop.add_signal_handler(sig, stop.set)
+    api = ApiProcess(ApiSettings(sock.fileno(), os.getpid(), _database(settings),
+                                 settings.data_dir, settings.keys.digests,
+                                 settings.max_file_bytes))  # fmt: skip
     try:
-        await server.serve(sockets=[sock])
+        runner.resume()  # before the API serves: what it shows of running batches is there
+        async with api:
+            host, port = sock.getsockname()[:2]
+            sock.close()  # the API's process holds it: should it die, connections are refused
+            shown = f"[{host}]" if ":" in host else host
+            print(f"http://{shown}:{port}/v1", flush=True)
+            print(f"vbatch: Batch API at http://{shown}:{port}/v1 (status page at "
+                  f"http://{shown}:{port}/)", file=sys.stderr, flush=True)  # fmt: skip
+            await _until_stopped(stop, api)
     finally:
         await runner.aclose()
         if webhooks is not None:
             await webhooks.aclose()
 
 
+async def _until_stopped(stop: asyncio.Event, api: ApiProcess) -> None:
+    """Until SIGINT or SIGTERM; the API's process ending first ends the service with an
+    error (its own is on stderr), its batches stopped where they are, to resume."""
+    assert api.exited is not None
+    stopped = asyncio.ensure_future(stop.wait())
+    either: list[asyncio.Future[Any]] = [stopped, api.exited]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(stopped)
+    if not stop.is_set():
+        raise VbatchError(f"the API's process ended (exit status {api.exited.result()}); "
+                          "the service stops, its batches resume at its next start")  # fmt: skip
+
+
 def serve(settings: ServiceSettings) -> None:
-    """Run the service until SIGINT or SIGTERM (uvicorn's graceful stop)."""
+    """Run the service until SIGINT or SIGTERM."""
     run_sync(_serve(settings))

@@ -17,7 +17,10 @@ import orjson
 
 from .migrations import migrate, transaction
 
-__all__ = ["FileRow", "Store"]
+__all__ = ["UNFINISHED", "FileRow", "ShownBatch", "Store"]
+
+# A batch in one of these has not ended: the runner drives it (or will, at its next start).
+UNFINISHED = ("validating", "in_progress", "finalizing", "cancelling")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,29 @@ class FileRow:
 
 
 _FILE_COLUMNS = "id, owner, bytes, created_at, expires_at, filename, purpose, location"
+
+
+@dataclass(frozen=True)
+class ShownBatch:
+    """What the API's view of a batch is made of (views.py): its stored object, when a cancel
+    of it was accepted (None: never) and the runner's live facts while it runs (None: none)."""
+
+    doc: dict[str, Any]
+    cancel_at: int | None
+    live: dict[str, Any] | None
+
+
+# One query for the three: a poll is one statement.
+_SHOWN = (
+    "SELECT b.doc, c.requested_at, l.doc FROM batches b "
+    "LEFT JOIN batch_cancels c ON c.batch_id = b.id "
+    "LEFT JOIN live_batches l ON l.batch_id = b.id"
+)
+
+
+def _shown(row: tuple[str, int | None, str | None]) -> ShownBatch:
+    doc, cancel_at, live = row
+    return ShownBatch(orjson.loads(doc), cancel_at, orjson.loads(live) if live else None)
 
 
 class Store:
@@ -56,6 +82,8 @@ class Store:
         self.db.close()
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
+        if self.db.in_transaction:  # inside an outer one: its statements land with it
+            return contextlib.nullcontext()
         return transaction(self.db)
 
     # -- files ---------------------------------------------------------------------------------
@@ -136,19 +164,40 @@ class Store:
         ).fetchone()
         return orjson.loads(found[0]) if found else None
 
-    def batches(
+    def shown_batch(self, owner: str, batch_id: str) -> ShownBatch | None:
+        found = self.db.execute(
+            f"{_SHOWN} WHERE b.id = ? AND b.owner = ?", (batch_id, owner)
+        ).fetchone()
+        return _shown(found) if found else None
+
+    def shown_batches(
         self, owner: str, after: str | None, limit: int
-    ) -> tuple[list[dict[str, Any]], bool]:
+    ) -> tuple[list[ShownBatch], bool]:
         """A page of the owner's batches, newest first."""
-        where, args = ["owner = ?"], [owner]
+        where, args = ["b.owner = ?"], [owner]
         if after is not None:  # the cursor too must be the owner's
-            where.append("seq < (SELECT seq FROM batches WHERE id = ? AND owner = ?)")
+            where.append("b.seq < (SELECT seq FROM batches WHERE id = ? AND owner = ?)")
             args += [after, owner]
         rows = self.db.execute(
-            f"SELECT doc FROM batches WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+            f"{_SHOWN} WHERE {' AND '.join(where)} ORDER BY b.seq DESC LIMIT ?",
             (*args, limit + 1),
         ).fetchall()
-        return [orjson.loads(r[0]) for r in rows[:limit]], len(rows) > limit
+        return [_shown(r) for r in rows[:limit]], len(rows) > limit
+
+    def unfinished_ids(self) -> list[str]:
+        """Every batch not ended yet, oldest first (the runner looks for new ones each tick)."""
+        marks = ", ".join("?" * len(UNFINISHED))
+        rows = self.db.execute(
+            f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq", UNFINISHED
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def owned_batch(self, batch_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(owner, batch) by id alone: for the runner, which serves every owner."""
+        found = self.db.execute(
+            "SELECT owner, doc FROM batches WHERE id = ?", (batch_id,)
+        ).fetchone()
+        return (found[0], orjson.loads(found[1])) if found else None
 
     def batches_in(self, statuses: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
         """(owner, batch) of every batch in one of ``statuses``, oldest first."""
@@ -157,6 +206,50 @@ class Store:
             f"SELECT owner, doc FROM batches WHERE status IN ({marks}) ORDER BY seq", statuses
         ).fetchall()
         return [(owner, orjson.loads(doc)) for owner, doc in rows]
+
+    # -- cancels the API accepted, from the request to the batch's end --------------------------
+
+    def request_cancel(self, batch_id: str, at: int) -> None:
+        """Only the API writes here (and the batch's end removes it): see m007."""
+        self.db.execute("INSERT OR IGNORE INTO batch_cancels VALUES (?, ?)", (batch_id, at))
+
+    def cancels(self) -> dict[str, int]:
+        """batch id -> when its cancel was asked for, of every batch not ended since."""
+        return dict(self.db.execute("SELECT batch_id, requested_at FROM batch_cancels"))
+
+    def cancel_requested(self, batch_id: str) -> int | None:
+        found = self.db.execute(
+            "SELECT requested_at FROM batch_cancels WHERE batch_id = ?", (batch_id,)
+        ).fetchone()
+        return found[0] if found else None
+
+    def drop_cancel(self, batch_id: str) -> None:
+        self.db.execute("DELETE FROM batch_cancels WHERE batch_id = ?", (batch_id,))
+
+    # -- what the runner knows live, published for the API ---------------------------------------
+
+    def publish_live(self, batches: dict[str, dict[str, Any]], fleet: dict[str, Any]) -> None:
+        """Every live row at once, the old ones gone (one transaction: the API never reads
+        half a tick)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM live_batches")
+            self.db.executemany(
+                "INSERT INTO live_batches VALUES (?, ?)",
+                [(batch_id, orjson.dumps(doc).decode()) for batch_id, doc in batches.items()],
+            )
+            self.db.execute(
+                "INSERT OR REPLACE INTO live_fleet VALUES (1, ?)", (orjson.dumps(fleet).decode(),)
+            )
+
+    def clear_live(self) -> None:
+        """What a runner that stopped left: nothing runs until this one publishes."""
+        with self.transaction():
+            self.db.execute("DELETE FROM live_batches")
+            self.db.execute("DELETE FROM live_fleet")
+
+    def live_fleet(self) -> dict[str, Any] | None:
+        found = self.db.execute("SELECT doc FROM live_fleet WHERE id = 1").fetchone()
+        return orjson.loads(found[0]) if found else None
 
     # -- a batch's custom_ids, from validation to its end ----------------------------------------
 
