@@ -106,3 +106,42 @@ def test_the_check_sees_imports() -> None:
     assert "_config" in client and "_client.sender" in client
     fleet = _imports(ROOT / "_fleet" / "ray" / "fleet.py", "_fleet.ray")
     assert "_fleet.roster" in fleet and "_fleet.ray.member" in fleet and "_engine.sizing" in fleet
+
+
+def _module_path(module: str) -> tuple[Path, str]:
+    """(path, its subpackage) of a dotted name below ``vbatch``: a module or a package."""
+    parts = module.split(".")
+    package = ROOT.joinpath(*parts)
+    if package.is_dir():
+        return package / "__init__.py", module
+    return ROOT.joinpath(*parts[:-1], parts[-1] + ".py"), ".".join(parts[:-1])
+
+
+def _reach(module: str) -> set[str]:
+    """Every vbatch module ``module`` imports, directly or not (packages' ``__init__`` too),
+    but the top package's (``vbatch/__init__`` loads the public surface for any import)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages
+        path, sub = _module_path(name)
+        if path.exists():  # a top-level module's ``from ._x`` reads as "._x"
+            todo += sorted(m.lstrip(".") for m in _imports(path, sub))
+    return seen
+
+
+def test_the_api_process_never_loads_the_runner_or_the_dispatcher() -> None:
+    """The API's own process (issue 19) answers from the database: none of the batches'
+    running (the runner, the dispatcher, the fleet) is in what it imports."""
+    reached = _reach("_service.apiserver")
+    assert {"_service.app", "_service.views", "_service.store"} <= reached
+    runner_side = ("_client", "_run", "_fleet", "_api", "_service.runner", "_service.drive",
+                   "_service.batchjob", "_service.serve", "_service.webhooks")  # fmt: skip
+    wrong = sorted(m for m in reached if m.startswith(runner_side))
+    assert wrong == []
+    assert "_client.dispatcher" in _reach("_service.serve")  # the check sees the runner's

@@ -18,6 +18,7 @@ from vbatch._service.ids import new_id
 from vbatch._service.objects import TERMINAL, new_batch
 from vbatch._service.runner import BatchRunner
 from vbatch._service.store import FileRow, Store
+from vbatch._service.views import batch_view
 
 
 class Clock:
@@ -56,6 +57,12 @@ async def _until_done(runner: BatchRunner, store: Store, batch_id: str) -> dict[
             return doc
         await asyncio.sleep(0.02)
     raise AssertionError(f"still {doc['status']}")
+
+
+def _completed(runner: BatchRunner, batch_id: str) -> int:
+    """The batch's completed rows as its drive counts them now (0 until it runs)."""
+    active = runner.active.get(batch_id)
+    return active.live_counts()["completed"] if active is not None else 0
 
 
 async def test_resume_from_each_step(tmp_path: Path, server: FakeServer) -> None:
@@ -106,7 +113,7 @@ async def test_the_clock_expires_a_running_batch(tmp_path: Path, server: FakeSer
         runner = BatchRunner(store, files, dispatcher, max_lines=1000, clock=clock, tick_s=0.05)
         runner.resume()
         try:
-            while (runner.batch("o", batch_id) or {})["request_counts"]["completed"] < 5:
+            while _completed(runner, batch_id) < 5:
                 await asyncio.sleep(0.01)
             clock.now += 61  # the window ends
             doc = await _until_done(runner, store, batch_id)
@@ -178,7 +185,7 @@ async def test_a_batch_expires_by_its_kept_custom_ids_with_its_input_deleted(
         runner = BatchRunner(store, files, dispatcher, max_lines=1000, clock=clock, tick_s=0.05)
         runner.resume()
         try:
-            while (runner.batch("o", batch_id) or {})["request_counts"]["completed"] < 5:
+            while _completed(runner, batch_id) < 5:
                 await asyncio.sleep(0.01)
             assert store.custom_ids(batch_id) == [f"r{i}" for i in range(200)]  # validated
             _delete_input(store, files, file_id)
@@ -232,3 +239,58 @@ async def test_a_batch_validated_before_the_ids_were_kept_reads_them_from_its_in
     assert docs[gone]["status"] == "failed"
     assert "input file was deleted" in docs[gone]["errors"]["data"][0]["message"]
     assert server.generation_requests == 0
+
+
+async def test_the_runner_starts_what_the_api_inserts_and_applies_its_cancels(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    """The API's process only writes the database: a batch inserted "validating" is started
+    on the runner's next tick, and a cancel request stops a running batch, whose every view
+    from then on says cancelling, whatever the runner saves meanwhile, until it ends."""
+    server.latency = 0.02
+    store, files, file_id = _setup(tmp_path, 300)
+    api = Store(str(tmp_path / "api.db"))  # the API's own connection
+    clock = Clock()
+    async with vbatch.connect(server.base_url, concurrency=2) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=1000, clock=clock, tick_s=0.05)
+        runner.resume()
+        try:
+            batch_id = _batch(api, file_id, "validating", clock.now, 3600)  # POST /v1/batches
+            while _completed(runner, batch_id) < 5:
+                await asyncio.sleep(0.01)
+            api.request_cancel(batch_id, int(clock.now))  # POST .../cancel
+            seen = []
+            while True:
+                shown = api.shown_batch("o", batch_id)
+                assert shown is not None
+                view = batch_view(shown)
+                if view["status"] in TERMINAL:
+                    break
+                seen.append((view["status"], view["request_counts"]["completed"]))
+                await asyncio.sleep(0.005)
+        finally:
+            await runner.aclose()
+    assert seen and {status for status, _ in seen} == {"cancelling"}
+    assert [n for _, n in seen] == sorted(n for _, n in seen)  # never back
+    assert view["status"] == "cancelled" and view["cancelling_at"] == int(clock.now)
+    assert 5 <= view["request_counts"]["completed"] < 300
+    assert api.cancels() == {}  # the request went with the batch's end
+
+
+async def test_a_cancel_taken_as_the_last_rows_came_back_ends_cancelled(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    store, files, file_id = _setup(tmp_path, 3)
+    clock = Clock()
+    # Every row done, the batch finalizing, when the API took the cancel.
+    batch_id = _batch(store, file_id, "finalizing", clock.now, 3600)
+    store.request_cancel(batch_id, int(clock.now) - 1)
+    async with vbatch.connect(server.base_url, concurrency=1) as dispatcher:
+        runner = BatchRunner(store, files, dispatcher, max_lines=10, clock=clock)
+        runner.resume()
+        try:
+            doc = await _until_done(runner, store, batch_id)
+        finally:
+            await runner.aclose()
+    assert doc["status"] == "cancelled" and doc["cancelling_at"] == int(clock.now) - 1
+    assert store.cancels() == {}

@@ -19,6 +19,7 @@ from vbatch._service.migrations import MIGRATIONS, migrate
 from vbatch._service.objects import new_batch
 from vbatch._service.statestore import DbStateStore
 from vbatch._service.store import FileRow, Store
+from vbatch._service.views import batch_view
 
 
 def test_migrations_run_once_each(tmp_path: Path) -> None:
@@ -107,3 +108,47 @@ def test_a_database_from_before_the_custom_ids_gets_their_table(
     assert store.custom_ids("batch_x") is None
     store.save_custom_ids("batch_x", ["a"])
     assert store.custom_ids("batch_x") == ["a"]
+
+
+def test_a_cancel_the_api_took_is_never_undone_by_the_runners_saves(tmp_path: Path) -> None:
+    runner_side, api_side = Store(str(tmp_path / "api.db")), Store(str(tmp_path / "api.db"))
+    doc = new_batch(new_id("batch"), "file-x", "/v1/completions", "24h", None, 1, 99)
+    doc.update(status="in_progress", request_counts={"total": 10, "completed": 2, "failed": 0})
+    runner_side.add_batch("alice", doc, "files/x")
+    api_side.request_cancel(doc["id"], 50)
+    api_side.request_cancel(doc["id"], 60)  # again: the first time stands
+    # The runner, not yet told, saves the batch running on (its tick, every 2 s).
+    doc["request_counts"] = {"total": 10, "completed": 5, "failed": 1}
+    runner_side.save_batch(doc)
+    shown = api_side.shown_batch("alice", doc["id"])
+    assert shown is not None and api_side.shown_batch("bob", doc["id"]) is None
+    view = batch_view(shown)
+    assert (view["status"], view["cancelling_at"]) == ("cancelling", 50)
+    assert view["request_counts"] == {"total": 10, "completed": 5, "failed": 1}
+    assert runner_side.cancels() == {doc["id"]: 50}
+    # Its end: the stored status is the last word, and the request goes with it (drive.py).
+    doc.update(status="cancelled", cancelled_at=70)
+    runner_side.save_batch(doc)
+    runner_side.drop_cancel(doc["id"])
+    shown = api_side.shown_batch("alice", doc["id"])
+    assert shown is not None and batch_view(shown)["status"] == "cancelled"
+
+
+def test_a_view_takes_the_newer_of_the_saved_and_published_counts(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "api.db"))
+    doc = new_batch(new_id("batch"), "file-x", "/v1/completions", "24h", None, 1, 99)
+    doc.update(status="in_progress", request_counts={"total": 10, "completed": 4, "failed": 1})
+    store.add_batch("alice", doc, "files/x")
+    fleet = {"fleet": None, "tokens_per_s": [], "window": 8, "in_flight": 3}
+    # Published before the last save (an older tick): the saved counts stand.
+    store.publish_live({doc["id"]: {"request_counts": {"total": 10, "completed": 3,
+                                                       "failed": 2}}}, fleet)  # fmt: skip
+    shown = store.shown_batch("alice", doc["id"])
+    assert shown is not None
+    assert batch_view(shown)["request_counts"] == {"total": 10, "completed": 4, "failed": 2}
+    assert store.live_fleet() == fleet
+    store.publish_live({}, fleet)  # the batch runs no more: its row goes
+    shown = store.shown_batch("alice", doc["id"])
+    assert shown is not None and shown.live is None
+    store.clear_live()
+    assert store.live_fleet() is None
