@@ -2,9 +2,10 @@
 vLLM server (tests/fakeserver.py, its own process), next to `vbatch run` on the same rows.
 
 Reported for each case: wall seconds from the first request to the last result, requests/s,
-and the vbatch process's CPU milliseconds per request (the service's: uvicorn, the routes,
-SQLite, the runner and the shared dispatcher; `vbatch run`'s: the whole command). The openai
-client polling the service runs in this process and is not counted.
+and vbatch's CPU milliseconds per request (the service's: its two processes, the runner's
+with the shared dispatcher and the API's with uvicorn and the routes, each also on its own;
+`vbatch run`'s: the whole command). The openai client polling the service runs in this
+process and is not counted.
 
 With ``--pollers N`` the service case runs twice, without and with N clients (one process of
 asyncio tasks, raw HTTP) each asking ``GET /v1/batches/{id}`` every ``--poll-s`` and listing
@@ -47,6 +48,7 @@ def lines(prefix: str, n: int) -> str:
 
 
 FAKE_PID: list[int] = []  # the fake vLLM server's process, for its CPU time
+API_MODULE = "vbatch._service.apiserver"  # the service's API process runs this
 
 
 def cpu_s(proc: psutil.Process) -> float:
@@ -117,8 +119,11 @@ def service_case(
             with path.open("rb") as f:
                 ids.append(client.files.create(file=f, purpose="batch").id)
         ps = psutil.Process(proc.pid)
+        # The API's own process (issue 19), a child of the service's; none before the split.
+        api = next((c for c in ps.children() if API_MODULE in " ".join(c.cmdline())), None)
         fake = psutil.Process(FAKE_PID[0]) if FAKE_PID else None
         fake0 = cpu_s(fake) if fake is not None else 0.0
+        api0 = cpu_s(api) if api is not None else 0.0
         cpu0, t0 = cpu_s(ps), time.perf_counter()
         batches = [client.batches.create(input_file_id=i, endpoint="/v1/chat/completions",
                                          completion_window="24h").id for i in ids]  # fmt: skip
@@ -135,9 +140,13 @@ def service_case(
                 if b.id in batches and b.status == "completed" and b.id not in finished:
                     finished[b.id] = time.perf_counter() - t0
                     assert b.request_counts is not None and b.request_counts.failed == 0
-        wall, cpu = time.perf_counter() - t0, cpu_s(ps) - cpu0
-        # Where the machine's cores went: the service, the fake vLLM, the pollers' process.
-        spent = {"service_cpu_s": round(cpu, 2),
+        wall, runner_cpu = time.perf_counter() - t0, cpu_s(ps) - cpu0
+        api_cpu = cpu_s(api) - api0 if api is not None else 0.0
+        cpu = runner_cpu + api_cpu
+        # Where the machine's cores went: the service (its runner's process and its API's),
+        # the fake vLLM, the pollers' process.
+        spent = {"service_cpu_s": round(cpu, 2), "runner_cpu_s": round(runner_cpu, 2),
+                 "api_cpu_s": round(api_cpu, 2) if api is not None else None,
                  "fake_server_cpu_s": round(cpu_s(fake) - fake0, 2) if fake else None}  # fmt: skip
         polls: dict[str, list[float]] = {}
         if poller is not None:
