@@ -137,8 +137,10 @@ def _auto_replicas(
     multiply throughput where the loop bounds the job. A third replica paid for a small model
     and for a prompt-heavy ~1B job (against the one server the old rule, every sequence at
     ``max_model_len``, chose), was even for a ~1B decoding job, and, starting together, costs
-    no start-up time. Past ``MEASURED_PARAMS`` nothing was measured: two. Measured:
-    docs/benchmarks.md §2b, §2d, §2e.
+    no start-up time. Past ``MEASURED_PARAMS`` nothing was measured: two. Where the working
+    set does not fit, fewer: three replicas holding half of theirs ran a decode job no faster
+    than one server (the GPU's memory bandwidth bounds it there). Measured:
+    docs/benchmarks.md §2b, §2d, §2e, §2h.
     """
     params = approx_params(config)
     wanted = (
