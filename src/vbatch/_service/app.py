@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import orjson
@@ -251,8 +251,9 @@ def create_app(service: Service) -> FastAPI:
         with store.transaction():
             shown = own_batch(who, batch_id)
             if shown.doc["status"] in CANCELLABLE and shown.cancel_at is None:
-                store.request_cancel(batch_id, int(clock()))
-                shown = own_batch(who, batch_id)
+                at = int(clock())
+                store.request_cancel(batch_id, at)
+                shown = replace(shown, cancel_at=at)  # what a re-read would give
         doc = batch_view(shown)
         if doc["status"] in TERMINAL - {"cancelled"}:
             raise APIError(409, f"batch {batch_id} is {doc['status']}; it cannot be "

@@ -132,8 +132,8 @@ def m006_batch_inputs(db: sqlite3.Connection) -> None:
 def m007_cancels_and_live(db: sqlite3.Connection) -> None:
     # The API and the runner are two processes (serve.py): what one tells the other is here.
     # batch_cancels: cancels the API accepted, which the runner applies on its tick; the runner
-    # never writes this table, so none of its saves of a batch can undo a cancel, and the API's
-    # views show "cancelling" over the stored status until the batch ends (views.py).
+    # only removes a row as its batch ends, so none of its saves of a batch can undo a cancel,
+    # and the API's views show "cancelling" over the stored status until then (views.py).
     db.execute("""
         CREATE TABLE batch_cancels (
             batch_id TEXT PRIMARY KEY,
