@@ -12,9 +12,14 @@ asyncio tasks, raw HTTP) each asking ``GET /v1/batches/{id}`` every ``--poll-s``
 ``GET /v1/batches`` every ``--list-s`` while the batches run: the polls' p50/p99 latency, and
 the batches' rows/s against the same batches with nobody polling.
 
+``--pin 0:1`` gives each side CPUs of its own (every thread of each process): the batches' side
+(the service's runner process and the fake vLLM) the first set, the clients' side (the API's
+process, the pollers, this process) the second. On a machine with few cores this asks what the
+pollers cost the batches other than the cores they take (locks, SQLite, the network stack).
+
 usage: python benchmarks/api_load.py [--batches 20] [--rows 50000] [--window 256]
        [--latency 0.005,0.02] [--repeat 1] [--out FILE] [--pollers 200 --poll-s 0.1 --list-s 1]
-       [--no-run]
+       [--no-run] [--pin CPUS:CPUS]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import signal
@@ -49,6 +55,18 @@ def lines(prefix: str, n: int) -> str:
 
 FAKE_PID: list[int] = []  # the fake vLLM server's process, for its CPU time
 API_MODULE = "vbatch._service.apiserver"  # the service's API process runs this
+PIN: dict[str, set[int]] = {}  # --pin: "batches" and "clients" sides' CPUs
+
+
+def pin(pid: int, side: str) -> None:
+    """Every thread of ``pid`` onto ``side``'s CPUs (threads it starts later inherit them)."""
+    if side in PIN:
+        for thread in psutil.Process(pid).threads():
+            os.sched_setaffinity(thread.id, PIN[side])
+
+
+def _cpus(text: str) -> set[int]:
+    return {int(c) for c in text.split(",")}
 
 
 def cpu_s(proc: psutil.Process) -> float:
@@ -113,6 +131,7 @@ def service_case(
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
+        pin(proc.pid, "batches")
         client = OpenAI(base_url=url, api_key="-", max_retries=0)
         ids = []
         for path in files:
@@ -121,6 +140,8 @@ def service_case(
         ps = psutil.Process(proc.pid)
         # The API's own process (issue 19), a child of the service's; none before the split.
         api = next((c for c in ps.children() if API_MODULE in " ".join(c.cmdline())), None)
+        if api is not None:
+            pin(api.pid, "clients")
         fake = psutil.Process(FAKE_PID[0]) if FAKE_PID else None
         fake0 = cpu_s(fake) if fake is not None else 0.0
         api0 = cpu_s(api) if api is not None else 0.0
@@ -133,6 +154,7 @@ def service_case(
                                        "--poll-ids", ",".join(batches), "--pollers", str(pollers),
                                        "--poll-s", str(poll_s), "--list-s", str(list_s),
                                        "--poll-out", str(tmp / "polls.json")])  # fmt: skip
+            pin(poller.pid, "clients")
         finished: dict[str, float] = {}
         while len(finished) < len(batches):
             time.sleep(0.25)
@@ -161,7 +183,9 @@ def service_case(
     seen = {f"{kind}_{name}": value for kind, ms in polls.items() for name, value in
             (("count", len(ms)), ("p50_ms", _percentile(ms, 0.5)),
              ("p99_ms", _percentile(ms, 0.99)))}  # fmt: skip
-    return {"case": f"vbatch api, {pollers} pollers", "pollers": pollers, **seen, **spent,
+    pinned = {side: sorted(cpus) for side, cpus in PIN.items()}
+    return {"case": f"vbatch api, {pollers} pollers", "pollers": pollers, "pinned": pinned,
+            **seen, **spent,
             "rows": rows, "batches": len(files), "wall_s": round(wall, 2),
             "requests_per_s": round(rows / wall), "cpu_ms_per_request":
             round(1000 * cpu / rows, 3), "first_batch_done_s": round(min(finished.values()), 2),
@@ -203,6 +227,7 @@ def main() -> None:
     ap.add_argument("--poll-s", type=float, default=0.1)
     ap.add_argument("--list-s", type=float, default=1.0)
     ap.add_argument("--no-run", action="store_true", help="the service cases only")
+    ap.add_argument("--pin", help="CPUS:CPUS, the batches' side's and the clients' (0:1)")
     ap.add_argument("--poll-url", help=argparse.SUPPRESS)  # the pollers' own process
     ap.add_argument("--poll-ids", help=argparse.SUPPRESS)
     ap.add_argument("--poll-out", help=argparse.SUPPRESS)
@@ -211,6 +236,10 @@ def main() -> None:
         asyncio.run(_poll(a.poll_url, "-", a.poll_ids.split(","), a.pollers, a.poll_s,
                           a.list_s, Path(a.poll_out)))  # fmt: skip
         return
+    if a.pin:
+        batches_side, clients_side = a.pin.split(":")
+        PIN.update(batches=_cpus(batches_side), clients=_cpus(clients_side))
+        pin(os.getpid(), "clients")
     tmp = Path(tempfile.mkdtemp(prefix="vbatch-api-load-"))
     files = []
     for b in range(a.batches):
@@ -220,6 +249,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, str(FAKESERVER), "--port", "0", "--latency",
                                a.latency], stdout=subprocess.PIPE, text=True)  # fmt: skip
     FAKE_PID.append(server.pid)
+    pin(server.pid, "batches")
     try:
         assert server.stdout is not None
         base_url = server.stdout.readline().split()[1] + "/v1"

@@ -198,13 +198,20 @@ async def test_show_progress_without_a_dispatcher_draws_the_counters() -> None:
 
 def test_fleet_summary_gives_the_run_summary_the_servers_side() -> None:
     history = [(0.0, 512, 0.0), (12.5, 1024, 26800.0)]
-    snap = snapshot(window=1024, fleet=FleetStatus(3, 3, restarts=2), history=history)
-    assert fleet_summary(snap) == {"restarts": 2, "window": 1024, "window_history": history}
+    why = (
+        "vLLM at http://127.0.0.1:1 exited with code -9 (log: a.log)",
+        "vLLM at http://127.0.0.1:2 stopped answering /health (3 probes in a row) (log: b.log)",
+    )
+    fleet = FleetStatus(3, 3, restarts=2, restart_reasons=why)
+    snap = snapshot(window=1024, fleet=fleet, history=history)
+    assert fleet_summary(snap) == {"restarts": 2, "restart_reasons": list(why), "window": 1024,
+                                   "window_history": history}  # fmt: skip
     assert fleet_summary(snapshot(window=64)) == {
-        "restarts": 0, "window": 64, "window_history": None,
+        "restarts": 0, "restart_reasons": [], "window": 64, "window_history": None,
     }  # fmt: skip
-    assert fleet_summary(None) == {"restarts": 0, "window": None, "window_history": None}
+    assert fleet_summary(None) == {"restarts": 0, "restart_reasons": [], "window": None,
+                                   "window_history": None}  # fmt: skip
     # The job's own summary counts the job only; the two together are the run's.
     job = stats().summary()
-    assert not {"restarts", "window", "window_history"} & job.keys()
+    assert not {"restarts", "restart_reasons", "window", "window_history"} & job.keys()
     assert {**job, **fleet_summary(snap)}["restarts"] == 2

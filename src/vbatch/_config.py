@@ -140,6 +140,7 @@ STARTING_STOP_GRACE_S = 3.0
 # RESTART_WINDOW_S; one more death fails the job (with the server's last log lines).
 MAX_RESTARTS = 3
 RESTART_WINDOW_S = 600.0
+RESTART_REASONS_KEPT = 10  # why each restart happened: the summary keeps the last this many
 
 # -- the Batch API service (vbatch api) ----------------------------------------------------------
 

@@ -87,13 +87,14 @@ async def show_progress(
 
 
 def fleet_summary(snapshot: DispatcherSnapshot | None) -> dict[str, Any]:
-    """The run summary's keys from the servers' side: restarts, the window at the end and an
-    adaptive window's changes (``(seconds since start, window, output tok/s it replaced)``)."""
+    """The run summary's keys from the servers' side: restarts and why, the window at the end and
+    an adaptive window's changes (``(seconds since start, window, output tok/s it replaced)``)."""
     if snapshot is None:
-        return {"restarts": 0, "window": None, "window_history": None}
+        return {"restarts": 0, "restart_reasons": [], "window": None, "window_history": None}
     fleet = snapshot.fleet
     return {
         "restarts": fleet.restarts if fleet is not None else 0,
+        "restart_reasons": list(fleet.restart_reasons) if fleet is not None else [],
         "window": snapshot.window,
         "window_history": snapshot.window_history,
     }

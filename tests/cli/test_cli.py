@@ -12,6 +12,11 @@ import pytest
 from fakeserver import FakeServer, completion_text
 from helpers import cli, prompt_rows, read_jsonl, run_args, write_jsonl
 
+from vbatch import Stats
+from vbatch._cli.report import print_summary
+from vbatch._job import RunSummary
+from vbatch._output.writer import OutputState
+
 ROWS = 20
 SECRET = "sk-vbatch-TEST-9f2e7c41d0b3-do-not-print"
 
@@ -447,3 +452,12 @@ def test_explicit_resume_and_overwrite(server: FakeServer, inp: Path, out: Path)
     assert again.returncode == 0, again.stderr
     assert server.generation_requests == 2 * ROWS  # --overwrite started over
     assert len(read_jsonl(out)) == ROWS
+
+
+def test_the_summary_says_why_each_server_was_restarted(capsys: pytest.CaptureFixture[str]) -> None:
+    why = "vLLM at http://127.0.0.1:1 exited with code -9 (log: a.log)"
+    servers = {"restarts": 1, "restart_reasons": [why]}
+    print_summary(RunSummary("out.jsonl", Stats(total=1, done=1, ok=1), OutputState(), False,
+                             servers))  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"vbatch: restarted: {why}\n" in err and "vbatch: results in out.jsonl" in err

@@ -157,8 +157,13 @@ async def test_a_dead_replica_is_taken_out_restarted_and_let_back_in() -> None:
         assert await fleet.suspect(victim.url)  # asked at once: it is down, and out
         assert fleet.endpoints() == (fleet.replicas[0].url,)
         await fleet.wait_up()  # the other one is still up: no waiting
+        log = victim.server.log_path
         await _until(lambda: len(fleet.endpoints()) == 2)  # restarted on its port, back in
         assert fleet.status().restarts == 1 and fleet.status().up == 2
+        # Why, with its log (the restarted server appends to it), for the summary.
+        assert fleet.status().restart_reasons == (
+            f"vLLM at {victim.server.root_url} exited with code -9 (log: {log})",
+        )
         assert not await fleet.suspect(victim.url)  # healthy again: a request's own failure
     finally:
         await fleet.stop()

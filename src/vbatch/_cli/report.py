@@ -46,6 +46,7 @@ def print_summary(summary: RunSummary) -> None:
         f"{s.completion_tokens:,} output tokens ({s.output_tokens_per_s:,.0f} tok/s), "
         f"{s.prompt_tokens:,} prompt tokens",
     ]
+    lines += [f"vbatch: restarted: {why}" for why in summary.servers.get("restart_reasons", ())]
     if prev.torn_bytes:
         lines.append(f"vbatch: dropped a torn last line ({prev.torn_bytes} bytes) from the output")
     if summary.failed_total:

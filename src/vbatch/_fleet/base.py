@@ -42,6 +42,7 @@ class FleetStatus:
     restarts: int = 0  # servers restarted so far
     failure: str | None = None  # why the fleet gave up, once it has
     servers: tuple[ServerState, ...] = ()  # each member, where the fleet tells them
+    restart_reasons: tuple[str, ...] = ()  # why the last restarts happened, oldest first
 
 
 class Fleet(Protocol):

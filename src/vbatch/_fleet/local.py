@@ -149,7 +149,8 @@ class LocalFleet:
         servers = tuple(ServerState(r.url, self.roster.is_up(r.url), r.restarted)
                         for r in self.replicas)  # fmt: skip
         return FleetStatus(len(self.replicas), len(self.roster.endpoints), self.shared.restarts,
-                           None if failure is None else str(failure), servers)  # fmt: skip
+                           None if failure is None else str(failure), servers,
+                           tuple(self.shared.reasons))  # fmt: skip
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._watchers)

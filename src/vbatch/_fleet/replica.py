@@ -9,9 +9,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .._config import RESTART_WINDOW_S, STARTUP_POLL_S, UNHEALTHY_PROBES
+from .._config import RESTART_REASONS_KEPT, RESTART_WINDOW_S, STARTUP_POLL_S, UNHEALTHY_PROBES
 from .._engine.server import VllmServer
 from .._errors import FleetError, LaunchError
 from .roster import Roster
@@ -29,6 +29,7 @@ class Supervision:
     interval_s: float
     max_restarts: int
     restarts: int = 0  # over all replicas, for progress and the summary
+    reasons: deque[str] = field(default_factory=lambda: deque(maxlen=RESTART_REASONS_KEPT))
     ever_up: bool = False  # once a replica has served, a failed start is restarted, not fatal
     startup_error: LaunchError | None = None  # why the fleet never came up, when it did not
 
@@ -128,5 +129,6 @@ class Replica:
         self.restarts.append(now)
         self.restarted += 1
         shared.restarts += 1
+        shared.reasons.append(f"vLLM at {server.root_url} {why} (log: {server.log_path})")
         await shared.start_slot.acquire()
         await self.launch()

@@ -119,7 +119,8 @@ class RayFleet:
     def status(self) -> FleetStatus:
         failure = self.roster.failure
         return FleetStatus(self.shape.count, len(self.roster.endpoints), self.watch.restarts,
-                           None if failure is None else str(failure))  # fmt: skip
+                           None if failure is None else str(failure),
+                           restart_reasons=tuple(self.watch.reasons))  # fmt: skip
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..._config import UNHEALTHY_PROBES
+from ..._config import RESTART_REASONS_KEPT, UNHEALTHY_PROBES
 from ..._errors import FleetError, LaunchError
 from ..roster import Roster
 from .cluster import import_ray
@@ -35,6 +36,7 @@ class MemberWatch:
         self.down_timeout_s = down_timeout_s
         self.ready: dict[int, MemberReady] = {}  # each member's latest report, by index
         self.restarts = 0  # members back with a new server (counted once it is healthy)
+        self.reasons: deque[str] = deque(maxlen=RESTART_REASONS_KEPT)  # why, for the summary
         self.ever_up = False
         self.startup_error: LaunchError | None = None  # why the fleet never came up
         self._gone = 0
@@ -54,6 +56,8 @@ class MemberWatch:
                     return
                 ray.kill(actor, no_restart=False)  # Ray starts it again (a restart spent)
                 self.restarts += 1
+                first_line = str(exc).partition("\n")[0]
+                self.reasons.append(f"Ray member {k}'s vLLM failed to start: {first_line}")
                 continue
             except ActorUnavailableError:  # its node is going: Ray will say what follows
                 await asyncio.sleep(self.interval_s)
@@ -66,8 +70,13 @@ class MemberWatch:
                         "kept, and running the same command again resumes"
                     ))  # fmt: skip
                 return
-            if k in self.ready and self.ready[k].server_pid != ready.server_pid:
+            before = self.ready.get(k)
+            if before is not None and before.server_pid != ready.server_pid:
                 self.restarts += 1  # back from a restart Ray did (its server died, or its node)
+                self.reasons.append(
+                    f"vLLM at {before.url} went down (log on its node: {before.log_path}); "
+                    f"Ray started member {k} again, now at {ready.url}"
+                )
             self.ready[k] = ready
             self.roster.add(ready.url)
             self.roster.mark(ready.url, True)
