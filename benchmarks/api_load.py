@@ -163,6 +163,8 @@ def service_case(
                     finished[b.id] = time.perf_counter() - t0
                     assert b.request_counts is not None and b.request_counts.failed == 0
         wall, runner_cpu = time.perf_counter() - t0, cpu_s(ps) - cpu0
+        # When each batch went in_progress (whole seconds): a batch picked up late finishes late.
+        began = [client.batches.retrieve(b).in_progress_at or 0 for b in batches]
         api_cpu = cpu_s(api) - api0 if api is not None else 0.0
         cpu = runner_cpu + api_cpu
         # Where the machine's cores went: the service (its runner's process and its API's),
@@ -189,7 +191,8 @@ def service_case(
             "rows": rows, "batches": len(files), "wall_s": round(wall, 2),
             "requests_per_s": round(rows / wall), "cpu_ms_per_request":
             round(1000 * cpu / rows, 3), "first_batch_done_s": round(min(finished.values()), 2),
-            "last_batch_done_s": round(max(finished.values()), 2)}  # fmt: skip
+            "last_batch_done_s": round(max(finished.values()), 2),
+            "in_progress_spread_s": max(began) - min(began)}  # fmt: skip
 
 
 def run_case(base_url: str, files: list[Path], window: int, tmp: Path) -> dict[str, Any]:
