@@ -1,5 +1,6 @@
-"""Shared fixtures: a clean environment, the fake vLLM server (in-process or as a subprocess)
-and a retry policy that records its delays instead of sleeping them."""
+"""Shared fixtures: a clean environment, the fake vLLM server (in-process or as a subprocess),
+the session's real vLLM server (realvllm.py; here so that e2e/ and onray/ share one) and a retry
+policy that records its delays instead of sleeping them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakeserver import FakeServer
 from helpers import FastRetry, ServerProcess
+from realvllm import vllm_server
+
+__all__ = ["vllm_server"]  # a fixture: registered by being here
 
 
 @pytest.fixture(autouse=True)

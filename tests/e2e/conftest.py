@@ -1,33 +1,12 @@
-"""Real vLLM for the end-to-end tests: the CPU build serving the embedded SmolLM2-135M-Instruct.
-
-One server for the whole session (start-up costs ~30-60 s on two cores); tests that must kill or
-misconfigure a server start their own. The converted model is cached in VBATCH_E2E_HOME (default
-``.cache/e2e`` in the project) so each run converts it once at most.
-"""
+"""The end-to-end tests run real vLLM (the session's shared server: tests/realvllm.py) and
+share its converted model."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
+from realvllm import E2E_HOME, MAX_MODEL_LEN
 
-from vbatch import LaunchError
-from vbatch._config import LaunchOptions
-from vbatch._engine.machine import detect_backend
-from vbatch._engine.plan import plan_server
-from vbatch._engine.server import VllmServer
-
-E2E_HOME = Path(os.environ.get("VBATCH_E2E_HOME", Path(__file__).parents[2] / ".cache" / "e2e"))
-MAX_MODEL_LEN = 512
-
-
-def _require_vllm() -> None:
-    try:
-        detect_backend()
-    except LaunchError as exc:  # a failure, not a skip: CI must run these
-        pytest.fail(f"the end-to-end tests need vLLM: {exc}")
+__all__ = ["E2E_HOME", "MAX_MODEL_LEN"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,17 +14,3 @@ def _e2e_home(monkeypatch: pytest.MonkeyPatch) -> None:
     # After the package-wide isolation fixture: share one converted model across tests.
     E2E_HOME.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("VBATCH_HOME", str(E2E_HOME))
-
-
-@pytest.fixture(scope="session")
-def vllm_server() -> Iterator[VllmServer]:
-    _require_vllm()
-    mp = pytest.MonkeyPatch()
-    E2E_HOME.mkdir(parents=True, exist_ok=True)
-    mp.setenv("VBATCH_HOME", str(E2E_HOME))
-    try:
-        plan = plan_server(None, None, LaunchOptions(max_model_len=MAX_MODEL_LEN))
-        with VllmServer(plan.spec) as server:
-            yield server
-    finally:
-        mp.undo()

@@ -18,6 +18,8 @@ import pytest
 from e2e.conftest import MAX_MODEL_LEN
 from helpers import crash_server, is_vllm_server, read_jsonl, write_jsonl
 
+from vbatch._engine.server import VllmServer
+
 # Two vLLM servers start on two shared cores (~45 s), and a killed one starts again.
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(540)]
 
@@ -83,7 +85,7 @@ class SocketWatch:
 
 
 def test_a_job_over_two_ray_nodes_equals_a_local_run_and_stays_on_loopback(
-    ray_cluster: Any, tmp_path: Path
+    ray_cluster: Any, vllm_server: VllmServer, tmp_path: Path
 ) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", ROWS)
     out, metrics = tmp_path / "out.jsonl", tmp_path / "metrics.json"
@@ -107,9 +109,11 @@ def test_a_job_over_two_ray_nodes_equals_a_local_run_and_stays_on_loopback(
     time.sleep(1)
     assert all(servers_under(pid) == [] for pid in nodes.values()), "a server outlived the job"
 
+    # The same rows through the session's one local server (same model, same context).
     local = tmp_path / "local.jsonl"
     proc = subprocess.run([sys.executable, "-m", "vbatch", "run", str(inp), "-o", str(local),
-                           *GREEDY], capture_output=True, text=True, timeout=540)  # fmt: skip
+                           "--temperature", "0", "--base-url", vllm_server.base_url],
+                          capture_output=True, text=True, timeout=540)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
 
     def content(path: Path) -> dict[str, Any]:
