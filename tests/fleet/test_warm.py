@@ -251,6 +251,33 @@ async def test_a_keeper_killed_outright_takes_its_servers_and_fails_its_runs_at_
     assert read_entry("cpu") is None and warm_entries() == []
 
 
+@pytest.mark.usefixtures("keepers")
+async def test_a_server_the_keeper_restarts_is_in_the_runs_status_with_why() -> None:
+    fleet = _fleet(_fake(replicas=2))
+    await fleet.start()
+    try:
+        entry = read_entry("cpu")
+        assert entry is not None and fleet.status().restarts == 0
+        # A server dies (its shepherd's whole group): the keeper starts it again.
+        shepherd = psutil.Process(entry.pid).children()[0]
+        os.killpg(shepherd.pid, signal.SIGKILL)
+        await _until(lambda: fleet.status().restarts == 1)
+        (why,) = fleet.status().restart_reasons
+        assert why.startswith("vLLM at http://127.0.0.1:") and "exited with code -9" in why
+        kept = read_entry("cpu")
+        assert kept is not None and kept.restarts == 1 and kept.restart_reasons == [why]
+    finally:
+        await fleet.stop()
+    # The next run counts its own restarts only.
+    second = _fleet(_fake())
+    await second.start()
+    try:
+        assert second.attached and second.status().restarts == 0
+        assert second.status().restart_reasons == ()
+    finally:
+        await second.stop()
+
+
 async def _failed(fleet: WarmFleet) -> None:
     await _until(lambda: fleet.status().failure is not None, timeout=10)
     await fleet.wait_up()

@@ -267,7 +267,8 @@ def ps_command(as_json: bool) -> None:
                 "urls": entry.urls, "replicas": entry.replicas, "context": entry.context,
                 "users": use.users, "idle_s": idle, "keep_alive_s": entry.keep_alive_s,
                 "memory_bytes": use.memory_bytes, "gpu_memory_bytes": use.gpu_memory_bytes,
-                "restarts": entry.restarts, "keeper_pid": entry.pid, "log": entry.log,
+                "restarts": entry.restarts, "restart_reasons": entry.restart_reasons,
+                "keeper_pid": entry.pid, "log": entry.log,
             }))  # fmt: skip
         return
     if not fleets:

@@ -50,7 +50,8 @@ class WarmFleet:
         self._down_timeout_s = down_timeout_s
         self._lease: Lease | None = None
         self._keeper: subprocess.Popen[bytes] | None = None
-        self._entry: WarmEntry | None = None
+        self._entry: WarmEntry | None = None  # as the keeper last wrote it
+        self._restarts_before = 0  # the keeper's restarts before this run
         self._inner: StaticFleet | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()
@@ -74,6 +75,7 @@ class WarmFleet:
             self._settled.set()
             entry = await self._wait_up(entry)
             self._entry = entry
+            self._restarts_before = entry.restarts
             if self._on_launch is not None:
                 self._on_launch(Launched(self.plan, entry.urls, entry.log, self._how(entry)))
             self._inner = StaticFleet(entry.urls, self._down_timeout_s)
@@ -152,11 +154,15 @@ class WarmFleet:
     # -- while the run sends -------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Fail the run at once when the keeper is gone, instead of after the down timeout."""
+        """Follow the keeper's entry (its restarts); fail the run at once when the keeper is
+        gone, instead of after the down timeout."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
+            assert self._inner is not None and self._entry is not None
+            fresh = await asyncio.to_thread(read_entry, self.key)
+            if fresh is not None and fresh.pid == self._entry.pid:
+                self._entry = fresh
             if not await asyncio.to_thread(keeper_alive, self.key):
-                assert self._inner is not None and self._entry is not None
                 self._inner.roster.fail(FleetError(
                     f"the warm fleet's keeper (pid {self._entry.pid}) has ended; its log: "
                     f"{self._entry.log}. Finished rows are kept: run the command again to resume"
@@ -184,9 +190,11 @@ class WarmFleet:
     def status(self) -> FleetStatus:
         if self._inner is None or self._entry is None:
             return FleetStatus(self.plan.replicas, 0)
-        inner = self._inner.status()
-        return FleetStatus(inner.members, inner.up, self._entry.restarts, inner.failure,
-                           inner.servers)  # fmt: skip
+        inner, entry = self._inner.status(), self._entry
+        restarts = entry.restarts - self._restarts_before  # during this run
+        reasons = tuple(entry.restart_reasons[-restarts:]) if restarts else ()
+        return FleetStatus(inner.members, inner.up, restarts, inner.failure, inner.servers,
+                           reasons)  # fmt: skip
 
     async def stop(self) -> None:
         """Leave the fleet to its keeper: stop watching, release the lease."""

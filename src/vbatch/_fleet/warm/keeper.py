@@ -96,6 +96,7 @@ async def _watch(entry: WarmEntry, fleet: LocalFleet, stop: asyncio.Event) -> No
         holders = list(live_leases(entry.key))
         entry.users = [h.pid for h in holders]
         entry.restarts = status.restarts
+        entry.restart_reasons = list(status.restart_reasons)
         asked = [h.keep_alive_s for h in holders if h.keep_alive_s is not None]
         if asked:
             entry.keep_alive_s = asked[-1]  # the newest run's word

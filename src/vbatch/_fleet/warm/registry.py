@@ -93,6 +93,7 @@ class WarmEntry:
     idle_since: float | None = None  # None: in use (or not up yet)
     users: list[int] = field(default_factory=list)  # pids of the runs using it now
     restarts: int = 0
+    restart_reasons: list[str] = field(default_factory=list)  # the last few, oldest first
     error: str | None = None
     log: str | None = None  # the keeper's own log; the servers' logs are named in it
 
