@@ -159,7 +159,7 @@ class WarmFleet:
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
             assert self._inner is not None and self._entry is not None
-            fresh = await asyncio.to_thread(read_entry, self.key)
+            fresh = await asyncio.to_thread(read_raw, self.key)
             if fresh is not None and fresh.pid == self._entry.pid:
                 self._entry = fresh
             if not await asyncio.to_thread(keeper_alive, self.key):
